@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Create or reuse the virtual environment .venv/ in the repository and install
+# rc_nbkit into it. PyTorch 2.13.0 goes in first: that version has a CPU wheel
+# on local disk here, whereas an unpinned torch would pull a CUDA build of
+# several GB. The package itself only asks for a torch range, which 2.13.0
+# satisfies, so pip installs nothing more for it.
+#
+# Usage: bash scripts/setup.sh [EXTRAS]   (default extras: dev,offline-models,ct2)
+# A second run with unchanged pyproject.toml installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+extras=${1:-dev,offline-models,ct2}
+torch_version=${RC_NBKIT_TORCH:-2.13.0}
+venv=.venv
+stamp=$venv/.rc_nbkit-setup
+
+fingerprint="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) extras=$extras torch=$torch_version"
+
+install_system_packages() {
+  # espeak-ng synthesises the demo's training speech. The set-up installs it
+  # where it can (root with apt-get); elsewhere the demo says what it skipped.
+  local missing=()
+  command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+  if [[ ${RC_NBKIT_BROWSER_TESTS:-0} == 1 ]]; then
+    command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+  fi
+  [[ ${#missing[@]} -eq 0 ]] && return 0
+  if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "set-up: installing system packages: ${missing[*]}"
+    apt-get update -qq >/dev/null 2>&1 || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 \
+      || echo "set-up: WARNING: apt-get could not install ${missing[*]}; the steps that need them will be skipped"
+  else
+    echo "set-up: WARNING: missing ${missing[*]} (install them with your system's package manager); the steps that need them will be skipped"
+  fi
+}
+
+install_system_packages
+
+if [[ -f $stamp && "$(cat "$stamp")" == "$fingerprint" ]] && "$venv/bin/python" -c "import rc_nbkit, torch" 2>/dev/null; then
+  echo "set-up: $venv is up to date (nothing to install)"
+  exit 0
+fi
+
+if [[ ! -x $venv/bin/python ]]; then
+  echo "set-up: creating $venv with $($python --version)"
+  "$python" -m venv "$venv"
+fi
+
+echo "set-up: installing torch==$torch_version"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$torch_version"
+echo "set-up: installing rc_nbkit[$extras] (editable)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
+"$venv/bin/nbdev-install-hooks" >/dev/null 2>&1 || echo "set-up: nbdev git hooks not installed (not a git checkout?)"
+
+echo "$fingerprint" > "$stamp"
+echo "set-up: done"
