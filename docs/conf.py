@@ -30,6 +30,11 @@ mathjax_path = "mathjax/tex-chtml.js"
 # Plotly figures load plotly.js from _static (copied from the plotly package), not from a CDN.
 html_js_files = ["plotly.min.js"]
 
+# The site shows dashboards as static plotly HTML: the kernel that ran the notebooks cannot serve
+# live widgets to a static page, and no widget manager is loaded from a CDN.
+os.environ.setdefault("RC_NBKIT_DASHBOARD", "static")
+nb_ipywidgets_js = {}
+
 autodoc_default_options = {"members": True, "undoc-members": False}
 autodoc_typehints = "description"
 suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]

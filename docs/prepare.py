@@ -8,6 +8,7 @@ cell tags, and cells flagged for skipping in tests are not executed.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -28,9 +29,19 @@ LIBRARY = "rc_nbkit"
 LINK_PATTERN = r"\[(`[^`\]]+`)\]\(/[^)]*\)"
 
 
+STANDARD_CELL_KEYS = {"cell_type", "id", "metadata", "source", "outputs", "execution_count", "attachments"}
+
+
 def skip_flags() -> list[str]:
     config = tomllib.loads((REPO / "pyproject.toml").read_text())
     return config["tool"]["nbdev"].get("tst_flags", "notest").split()
+
+
+def clean_show_doc(text: str) -> str:
+    "Drop the hosted-site decorations from show_doc markdown: the rule, the source link and site links."
+    text = re.sub(r"^---\s*", "", text)
+    text = re.sub(r"\[source\]\([^)]*\)\{[^}]*\}\s*", "", text)
+    return re.sub(LINK_PATTERN, r"\1", text)
 
 
 def cell_options(source: str) -> dict[str, str]:
@@ -68,6 +79,8 @@ def adapt_notebook(path: Path, flags: list[str], module: str | None) -> dict:
         if cell["cell_type"] == "markdown":
             cell["source"] = re.sub(LINK_PATTERN, r"\1", source)
         cell["metadata"].pop("execution", None)
+        for key in [key for key in cell if key not in STANDARD_CELL_KEYS]:
+            del cell[key]
         if cell["cell_type"] == "code":
             options = cell_options(source)
             tags = cell["metadata"].setdefault("tags", [])
@@ -78,18 +91,21 @@ def adapt_notebook(path: Path, flags: list[str], module: str | None) -> dict:
             if options.get("eval") == "false" or any(flag in options for flag in flags):
                 tags.append("skip-execution")
             cell["source"] = "\n".join(line for line in source.splitlines() if not line.startswith("#|"))
+            for output in cell.get("outputs", []):
+                markdown = output.get("data", {}).get("text/markdown")
+                if markdown is not None:
+                    output["data"]["text/markdown"] = clean_show_doc("".join(markdown))
         cells.append(cell)
     # Processing replaces each exported cell by a show_doc call, so re-execution needs show_doc and
     # every name of the exported module (private helpers included, since the tests may use them).
     setup_lines = [
-        "import re as _re",
         "from IPython.display import Markdown as _Markdown",
         "from nbdev.showdoc import show_doc as _nbdev_show_doc",
+        f"exec({inspect.getsource(clean_show_doc)!r}, globals())",
+        f"LINK_PATTERN = {LINK_PATTERN!r}",
+        "import re",
         "def show_doc(*args, **kwargs):",
-        "    text = _nbdev_show_doc(*args, **kwargs)._repr_markdown_()",
-        "    text = _re.sub(r'^---\\s*', '', text)",
-        "    text = _re.sub(r'\\[source\\]\\([^)]*\\)\\{[^}]*\\}\\s*', '', text)",
-        f"    return _Markdown(_re.sub({LINK_PATTERN!r}, r'\\1', text))",
+        "    return _Markdown(clean_show_doc(_nbdev_show_doc(*args, **kwargs)._repr_markdown_()))",
     ]
     if module:
         setup_lines += [
@@ -111,7 +127,10 @@ def write_api_page(modules: list[str]) -> None:
 
 
 def main() -> int:
-    processed = proc_nbs(path=str(REPO / "nbs"), n_workers=0, force=True)
+    # Notebooks that the test run already executed (with outputs saved) are used as they are;
+    # otherwise Sphinx executes them (see nb_execution_mode in conf.py).
+    notebooks = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else REPO / "nbs"
+    processed = proc_nbs(path=str(notebooks), n_workers=0, force=True)
     if SOURCE.exists():
         shutil.rmtree(SOURCE)
     SOURCE.mkdir(parents=True)

@@ -36,8 +36,17 @@ source = Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
 shutil.copy(source, Path("docs/_static/plotly.min.js"))
 PY
 
-python docs/prepare.py
+# Pages show the outputs of an executed copy of the notebooks. scripts/test.sh
+# passes the copy its nbdev-test run saved (RC_NBKIT_EXECUTED_NBS); on its own
+# this script runs nbdev-test --save on a fresh copy first.
+executed=${RC_NBKIT_EXECUTED_NBS:-}
+if [[ -z $executed ]]; then
+  executed=$PWD/_executed_nbs
+  rm -rf "$executed" && cp -r nbs "$executed"
+  nbdev-test "$executed" --save --n-workers 2 || { echo "docs: a notebook failed; fix it before building the site"; exit 1; }
+fi
+python docs/prepare.py "$executed"
 cp docs/conf.py docs/_src/conf.py
 rm -rf docs/_src/_static && cp -r "$static" docs/_src/_static
-sphinx-build -q -W --keep-going -b html docs/_src docs/_build/html
+RC_NBKIT_DOCS_EXECUTE=off sphinx-build -q -W --keep-going -b html docs/_src docs/_build/html
 echo "docs: site written to docs/_build/html/index.html"

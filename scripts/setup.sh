@@ -54,7 +54,30 @@ echo "set-up: installing torch==$torch_version"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$torch_version"
 echo "set-up: installing rc_nbkit[$extras] (editable)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
-"$venv/bin/nbdev-install-hooks" >/dev/null 2>&1 || echo "set-up: nbdev git hooks not installed (not a git checkout?)"
+install_git_hooks() {
+  # nbdev's notebook diff and merge drivers (.gitconfig, .gitattributes), plus a
+  # pre-commit hook that refuses notebooks that nbdev-clean would change.
+  # HOME points into .cache so that nbdev's Jupyter save hook lands there, not in ~.
+  [[ -d .git ]] || { echo "set-up: not a git checkout; git hooks not installed"; return 0; }
+  mkdir -p .cache/home
+  HOME=$PWD/.cache/home "$venv/bin/nbdev-install-hooks" >/dev/null 2>&1 \
+    || echo "set-up: WARNING: nbdev-install-hooks failed"
+  cat > .git/hooks/pre-commit <<'HOOK'
+#!/usr/bin/env bash
+# Installed by scripts/setup.sh: commit only notebooks that nbdev-clean leaves unchanged.
+staged=$(git diff --cached --name-only --diff-filter=ACM -- '*.ipynb')
+[[ -z $staged ]] && exit 0
+.venv/bin/nbdev-clean >/dev/null 2>&1 || exit 0
+changed=$(git diff --name-only -- $staged)
+if [[ -n $changed ]]; then
+  echo "pre-commit: nbdev-clean changed these notebooks; review and 'git add' them again:"
+  echo "$changed"
+  exit 1
+fi
+HOOK
+  chmod +x .git/hooks/pre-commit
+}
+install_git_hooks
 
 echo "$fingerprint" > "$stamp"
 echo "set-up: done"

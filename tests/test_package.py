@@ -59,3 +59,10 @@ def test_import_is_offline_and_cpu_only():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok")
+
+
+def test_readme_matches_index_notebook():
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "readme.py"), "--check"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
