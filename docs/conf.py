@@ -12,8 +12,9 @@ extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ex
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 
-# Notebooks are executed at build time so pages show current outputs and plots.
-# A cell error fails the build, so a broken page cannot be published.
+# scripts/docs.sh passes notebooks that nbdev-test already executed and sets
+# RC_NBKIT_DOCS_EXECUTE=off; a plain sphinx-build executes them here. Either way a
+# cell error fails the build, so a broken page cannot be published.
 nb_execution_mode = os.environ.get("RC_NBKIT_DOCS_EXECUTE", "force")
 nb_execution_timeout = 900
 nb_execution_raise_on_error = True

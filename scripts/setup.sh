@@ -2,7 +2,7 @@
 # Create or reuse the virtual environment .venv/ in the repository and install
 # rc_nbkit into it. PyTorch 2.13.0 goes in first: that version has a CPU wheel
 # on local disk here, whereas an unpinned torch would pull a CUDA build of
-# several GB. The package itself only asks for a torch range, which 2.13.0
+# several GB. The package itself only requires a torch range, which 2.13.0
 # satisfies, so pip installs nothing more for it.
 #
 # Usage: bash scripts/setup.sh [EXTRAS]   (default extras: dev,offline-models,ct2)
@@ -20,7 +20,7 @@ fingerprint="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) ext
 
 install_system_packages() {
   # espeak-ng synthesises the demo's training speech. The set-up installs it
-  # where it can (root with apt-get); elsewhere the demo says what it skipped.
+  # where it can (root with apt-get); elsewhere the demo reports what it skipped.
   local missing=()
   command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
   if [[ ${RC_NBKIT_BROWSER_TESTS:-0} == 1 ]]; then
@@ -56,7 +56,7 @@ echo "set-up: installing rc_nbkit[$extras] (editable)"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[$extras]"
 install_git_hooks() {
   # nbdev's notebook diff and merge drivers (.gitconfig, .gitattributes), plus a
-  # pre-commit hook that refuses notebooks that nbdev-clean would change.
+  # pre-commit hook that rejects notebooks that nbdev-clean would change.
   # HOME points into .cache so that nbdev's Jupyter save hook lands there, not in ~.
   [[ -d .git ]] || { echo "set-up: not a git checkout; git hooks not installed"; return 0; }
   mkdir -p .cache/home

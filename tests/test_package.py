@@ -44,11 +44,11 @@ def test_import_is_offline_and_cpu_only():
         f"""
         import socket, importlib
 
-        def refuse(*args, **kwargs):
+        def reject_connection(*args, **kwargs):
             raise AssertionError(f"network access during import: {{args}}")
 
-        socket.socket.connect = refuse
-        socket.create_connection = refuse
+        socket.socket.connect = reject_connection
+        socket.create_connection = reject_connection
         for name in {modules!r}:
             importlib.import_module(name)
         import torch

@@ -1,0 +1,116 @@
+"""Training-step cost of the encoder-side losses and of the teacher cache, on the offline demo pair.
+
+Measured side by side in one run, on Whisper base (teacher) -> tiny.en (student) with the demo preset's
+LoRA and projections and utterances of the offline demo corpus:
+
+1. median optimiser-step time with all five loss terms against CE + KL only (target: at most 3 % more);
+2. with the teacher cache on, median step time in the second epoch against the first (target: at most 0.6x).
+
+The two configurations of (1) alternate step by step so that load from other processes affects both alike.
+The last line printed is one JSON object with the figures and targets.
+
+Usage: python benchmarks/train_step.py [--quick] [--steps N] [--batch-size B]
+"""
+import argparse
+import json
+import logging
+import statistics
+import tempfile
+import time
+
+import torch
+
+from rc_nbkit.config import apply_overrides, preset
+from rc_nbkit.trainer import Trainer, build_pair, build_training_data
+
+ALL_TERMS = [{"start": 0.0, "end": 1.0, "weights": {"ce": 1.0, "kl": 0.5, "geo": 0.15, "traj": 0.3, "cont": 0.3}}]
+CE_KL = [{"start": 0.0, "end": 1.0, "weights": {"ce": 1.0, "kl": 0.5}}]
+
+
+def make_trainer(folder, curriculum, steps, batch_size, items, teacher_cache=False):
+    config = apply_overrides(
+        preset("demo"),
+        [
+            f"train.total_steps={steps}",
+            f"data.batch_size={batch_size}",
+            f"data.max_train_items={items}",
+            f"train.teacher_cache={str(teacher_cache).lower()}",
+            "train.checkpoint_every=0",
+            "train.progress_bar=false",
+            "optim.warmup_steps=0",
+        ],
+    )
+    config.output_dir = folder
+    config.curriculum = curriculum
+    pair = build_pair(config)
+    dataset, collate = build_training_data(config, pair)
+    return Trainer(config, pair=pair, train_dataset=dataset, collate_fn=collate)
+
+
+def timed_step(trainer):
+    started = time.perf_counter()
+    trainer.step()
+    return time.perf_counter() - started
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer steps and batch 1 (under about a minute on 2 cores)")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps per configuration (default 6, quick 2)")
+    parser.add_argument("--batch-size", type=int, default=None, help="utterances per step (default 2, quick 1)")
+    arguments = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    steps = arguments.steps or (2 if arguments.quick else 6)
+    batch_size = arguments.batch_size or (1 if arguments.quick else 2)
+    torch.manual_seed(0)
+
+    with tempfile.TemporaryDirectory() as folder:
+        # (1) All five terms against CE + KL, alternating, after one warm-up step each.
+        items = batch_size * (steps + 1)
+        full = make_trainer(f"{folder}/full", ALL_TERMS, steps + 1, batch_size, items)
+        light = make_trainer(f"{folder}/light", CE_KL, steps + 1, batch_size, items)
+        timed_step(full)
+        timed_step(light)
+        full_times, light_times = [], []
+        for _ in range(steps):
+            full_times.append(timed_step(full))
+            light_times.append(timed_step(light))
+        full.close()
+        light.close()
+        del full, light
+
+        # (2) Teacher cache: two epochs over the same utterances.
+        batches_per_epoch = max(2, steps)
+        cached = make_trainer(f"{folder}/cached", ALL_TERMS, 2 * batches_per_epoch, batch_size, batch_size * batches_per_epoch, teacher_cache=True)
+        epoch_times = [[], []]
+        for step in range(2 * batches_per_epoch):
+            epoch_times[step // batches_per_epoch].append(timed_step(cached))
+        cached.close()
+
+    full_median = statistics.median(full_times)
+    light_median = statistics.median(light_times)
+    # The first step of the first epoch includes one-time work (allocations), so both epochs drop their first step.
+    first_epoch = statistics.median(epoch_times[0][1:])
+    second_epoch = statistics.median(epoch_times[1][1:])
+    print(f"step time, all five terms: median {full_median:.3f} s over {steps} steps (batch {batch_size})")
+    print(f"step time, CE + KL only:   median {light_median:.3f} s over {steps} steps (batch {batch_size})")
+    print(f"teacher cache: first epoch median {first_epoch:.3f} s, second epoch median {second_epoch:.3f} s")
+    result = {
+        "all_terms_step_s": round(full_median, 4),
+        "ce_kl_step_s": round(light_median, 4),
+        "overhead": round(full_median / light_median - 1.0, 4),
+        "target_overhead": 0.03,
+        "cache_first_epoch_step_s": round(first_epoch, 4),
+        "cache_second_epoch_step_s": round(second_epoch, 4),
+        "cache_ratio": round(second_epoch / first_epoch, 4),
+        "target_cache_ratio": 0.6,
+        "batch_size": batch_size,
+        "steps": steps,
+        "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
+        "threads": torch.get_num_threads(),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Training-loop tests on tiny random Whisper models: one step against a hand-written oracle, accumulation, groups, signals."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rc_nbkit.config import LOSS_TERMS
+from rc_nbkit.trainer import (
+    Trainer,
+    epoch_batches,
+    latest_checkpoint,
+    load_metrics,
+    tiny_distillation_setup,
+    tiny_run_config,
+)
+
+CE_ONLY = [{"start": 0.0, "end": 1.0, "weights": {"ce": 1.0}}]
+GEO_ONLY = [{"start": 0.0, "end": 1.0, "weights": {"geo": 1.0}}]
+ALL_TERMS = [{"start": 0.0, "end": 1.0, "weights": {"ce": 1.0, "kl": 0.5, "geo": 0.15, "traj": 0.3, "cont": 0.3}}]
+
+
+def make_trainer(folder, curriculum, total_steps=2, items=8, lora_dropout=0.0, **changes):
+    pair, dataset, collate = tiny_distillation_setup(items, lora_dropout=lora_dropout)
+    config = tiny_run_config(folder, total_steps=total_steps, **changes)
+    config.curriculum = curriculum
+    return Trainer(config, pair=pair, train_dataset=dataset, collate_fn=collate)
+
+
+def test_ce_step_matches_manual_adamw(tmp_path):
+    trainer = make_trainer(tmp_path, CE_ONLY, optim__max_grad_norm=0.0)
+    student = trainer.student
+    lora = {name: parameter for name, parameter in student.named_parameters() if parameter.requires_grad}
+    expected = {name: parameter.detach().clone().requires_grad_(True) for name, parameter in lora.items()}
+
+    # Oracle: the same first batch, cross-entropy by torch.nn.functional on the student's logits, torch AdamW.
+    _, dataset, collate = tiny_distillation_setup(8)
+    first = epoch_batches(len(dataset), 2, seed=trainer.config.seed, epoch=0)[0]
+    batch = collate([dataset[index] for index in first])["student"]
+    originals = {name: parameter.detach().clone() for name, parameter in lora.items()}
+    with torch.no_grad():
+        for name, parameter in lora.items():
+            parameter.copy_(expected[name])
+    logits = student(input_features=batch["input_features"], decoder_input_ids=batch["decoder_input_ids"]).logits
+    loss = F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+    gradients = torch.autograd.grad(loss, list(lora.values()))
+    reference = torch.optim.AdamW(list(expected.values()), lr=trainer.config.optim.lr, weight_decay=trainer.config.optim.weight_decay)
+    for parameter, gradient in zip(expected.values(), gradients):
+        parameter.grad = gradient.clone()
+    reference.step()
+    with torch.no_grad():
+        for name, parameter in lora.items():
+            parameter.copy_(originals[name])
+
+    record = trainer.step()
+    trainer.close()
+    assert record["terms"]["ce"] == pytest.approx(float(loss), rel=1e-5)
+    for name, parameter in lora.items():
+        torch.testing.assert_close(parameter.detach(), expected[name].detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_accumulation_equals_larger_batch(tmp_path):
+    large = make_trainer(tmp_path / "large", CE_ONLY, total_steps=1, data__batch_size=2)
+    accumulated = make_trainer(tmp_path / "accumulated", CE_ONLY, total_steps=1, data__batch_size=1, optim__gradient_accumulation_steps=2)
+    large.train()
+    accumulated.train()
+    for (name, expected), (_, actual) in zip(large.trainable["lora"], accumulated.trainable["lora"]):
+        torch.testing.assert_close(actual.detach(), expected.detach(), rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_encoder_terms_reach_only_projections(tmp_path, caplog):
+    trainer = make_trainer(tmp_path, GEO_ONLY)
+    lora_before = {name: parameter.detach().clone() for name, parameter in trainer.trainable["lora"]}
+    projections_before = [projection.weight.detach().clone() for projection in trainer.projections]
+    with caplog.at_level("WARNING"):
+        summary = trainer.train()
+    trainer.close()
+    assert summary["reason"] == "finished"
+    assert trainer.gradient_flow_warnings, "the gradient-flow audit should warn that GEO reaches only the projections"
+    assert any("geo" in message.lower() for message in caplog.messages)
+    # AdamW's weight decay moves LoRA B only away from zero when it has a gradient; with GEO only it has none.
+    for name, parameter in trainer.trainable["lora"]:
+        assert torch.equal(parameter.detach(), lora_before[name]), name
+    moved = [not torch.equal(projection.weight.detach(), before) for projection, before in zip(trainer.projections, projections_before)]
+    assert any(moved)
+    for projection in trainer.projections:
+        weight = projection.weight.detach().double()
+        identity = torch.eye(weight.shape[1], dtype=torch.float64)
+        assert torch.linalg.matrix_norm(weight.T @ weight - identity) < 1e-5
+
+
+def test_step_records_follow_schema(tmp_path):
+    trainer = make_trainer(tmp_path, ALL_TERMS, total_steps=3)
+    trainer.train()
+    trainer.close()
+    records = load_metrics(tmp_path)
+    start, steps, end = records[0], records[1:-1], records[-1]
+    assert start["type"] == "start" and start["total_steps"] == 3
+    assert start["curriculum"][0]["start_step"] == 0 and start["curriculum"][0]["end_step"] == 3
+    assert end == {"type": "end", "step": 3, "reason": "finished"}
+    for number, record in enumerate(steps, start=1):
+        assert record["step"] == number
+        assert set(record["terms"]) == set(LOSS_TERMS)
+        assert set(record["weights"]) == set(LOSS_TERMS)
+        assert set(record["lr"]) == {"adamw", "riemannian"}
+        assert set(record["grad_norm"]) == {"lora", "projections", "other"}
+        assert record["grad_norm"]["projections"] > 0
+        angles = record["angles"]
+        assert len(angles["pairs"]) == len(angles["mean_deg"]) == len(angles["latest_deg"]) == len(trainer.layer_pairs)
+        assert all(0 <= value <= 90 for row in angles["latest_deg"] for value in row)
+        assert record["throughput"] > 0 and record["memory_mb"] > 0
+    # Cosine schedule: the first step runs at the base rate, later ones lower.
+    assert steps[0]["lr"]["adamw"] == pytest.approx(trainer.config.optim.lr)
+    assert steps[2]["lr"]["adamw"] < steps[1]["lr"]["adamw"] < steps[0]["lr"]["adamw"]
+
+
+def test_curriculum_weights_logged_per_step(tmp_path):
+    trainer = make_trainer(tmp_path, [
+        {"start": 0.0, "end": 0.5, "weights": {"kl": 1.0}},
+        {"start": 0.5, "end": 1.0, "weights": {"ce": 1.0}},
+    ], total_steps=4)
+    trainer.train()
+    trainer.close()
+    weights = [record["weights"] for record in load_metrics(tmp_path) if record["type"] == "step"]
+    assert [entry["kl"] for entry in weights] == [1.0, 1.0, 0.0, 0.0]
+    assert [entry["ce"] for entry in weights] == [0.0, 0.0, 1.0, 1.0]
+
+
+SIGNAL_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from rc_nbkit.trainer import Trainer, tiny_distillation_setup, tiny_run_config
+
+    class SlowCollate:
+        def __init__(self, collate):
+            self.collate = collate
+        def __call__(self, items):
+            import time
+            time.sleep(0.5)
+            return self.collate(items)
+
+    pair, dataset, collate = tiny_distillation_setup(8)
+    trainer = Trainer(tiny_run_config(sys.argv[1], total_steps=1000), pair=pair, train_dataset=dataset, collate_fn=SlowCollate(collate))
+    summary = trainer.train()
+    trainer.close()
+    print("REASON", summary["reason"], summary["steps"])
+    """
+)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_writes_checkpoint_and_exits(tmp_path, signum):
+    script = tmp_path / "train.py"
+    script.write_text(SIGNAL_SCRIPT)
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, str(script), str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = run_dir / "metrics.jsonl"
+    while time.time() < deadline:
+        if metrics.exists() and any(record["type"] == "step" for record in load_metrics(metrics)):
+            break
+        time.sleep(0.2)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-2000:]
+    reason, steps = stdout.split("REASON", 1)[1].split()
+    assert reason == "signal"
+    checkpoint = latest_checkpoint(run_dir)
+    assert checkpoint is not None and checkpoint.name == f"step-{int(steps):07d}"
+    assert load_metrics(run_dir)[-1] == {"type": "end", "step": int(steps), "reason": "signal"}
