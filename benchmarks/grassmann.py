@@ -12,9 +12,10 @@ Usage:
     python benchmarks/grassmann.py --quick    # smaller batch and fewer pairs, under a minute on 2 cores
     python benchmarks/grassmann.py --device cuda
 
-Peak memory: on CUDA, torch.cuda.max_memory_allocated; on CPU, the increase of the resident set size
-sampled every millisecond by a background thread while the timed call runs (large tensors are
-allocated with mmap and returned on free, so this tracks them closely; small ones may be missed).
+Peak memory on CUDA is torch.cuda.max_memory_allocated. On CPU it is the increase of the resident
+set size, sampled every millisecond by a background thread while the timed call runs. Large tensors
+are allocated with mmap and returned on free, so the samples track them closely, but small ones may
+be missed.
 The last line printed is one JSON object with the figures and targets.
 """
 from __future__ import annotations
@@ -41,9 +42,10 @@ def resident_bytes() -> int:
 
 
 def measure(function, device: torch.device, repeats: int, warm_up: bool = True) -> tuple[float, float, object]:
-    """Run `function` once to warm up (unless `warm_up` is False), then `repeats` times; return the fastest seconds,
-    the peak extra memory in MiB and the last result. The minimum is the figure least disturbed by other processes
-    on a shared machine."""
+    """Run `function` once to warm up (unless `warm_up` is False), then `repeats` times.
+
+    Return the fastest time in seconds, the peak extra memory in MiB and the last result. The fastest
+    time is reported because other processes on a shared machine only ever add to it."""
     if warm_up:
         function()
     times = []

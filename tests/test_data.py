@@ -91,10 +91,10 @@ def test_size_reads_no_audio(tmp_path, clips, monkeypatch):
     build_librispeech(tmp_path / "LibriSpeech", clips)
     dataset = load_librispeech(tmp_path / "LibriSpeech")
 
-    def refuse(*args, **kwargs):
+    def fail_on_decode(*args, **kwargs):
         raise AssertionError("size() must not decode audio")
 
-    monkeypatch.setattr(data_module, "load_audio", refuse)
+    monkeypatch.setattr(data_module, "load_audio", fail_on_decode)
     size = dataset.size()
     assert size["items"] == 10
     assert size["unknown_durations"] == 0
@@ -409,3 +409,54 @@ def test_pseudo_labels_from_faster_whisper_teacher(tmp_path):
     assert len(dataset) + dataset.skips.total == 5
     assert len(dataset) >= 3
     assert all(record.extra["wer"] <= 0.3 for record in dataset.records)
+
+
+def test_hugging_face_dataset_offline(clips):
+    datasets = pytest.importorskip("datasets")
+    import io
+
+    from rc_nbkit.data import load_hf_dataset
+
+    def flac(waveform):
+        buffer = io.BytesIO()
+        soundfile.write(buffer, waveform, 16_000, format="FLAC")
+        return buffer.getvalue()
+
+    names = sorted(clips)[:4]
+    table = {
+        "id": names + [names[0]],
+        "audio": [{"bytes": flac(clips[name][0]), "path": None} for name in names] + [{"bytes": b"broken", "path": None}],
+        "sentence": [clips[name][1] for name in names] + ["again"],
+        "duration": [len(clips[name][0]) / 16_000 for name in names] + [1.0],
+    }
+    # A decoding Audio feature, as hub data sets have: the loader must switch decoding off itself.
+    source = datasets.Dataset.from_dict(table).cast_column("audio", datasets.Audio(sampling_rate=16_000))
+
+    with pytest.raises(DataError):
+        load_hf_dataset(source)
+    mapped = load_hf_dataset(source, on_error="skip")
+    streamed = load_hf_dataset(source.to_iterable_dataset())
+
+    assert mapped.ids == names
+    assert mapped.skips.counts == {"duplicate_id": 1}
+    assert mapped.size()["seconds"] == pytest.approx(sum(table["duration"][:4]))
+    np.testing.assert_allclose(mapped[2].waveform, clips[names[2]][0], atol=1e-6)
+    assert [item.id for item in streamed] == names
+    assert streamed.skips.counts == {"duplicate_id": 1}
+    with pytest.raises(InputError, match="text column"):
+        load_hf_dataset(source, text_column="transcript")
+
+
+def test_load_speech_picks_loader(tmp_path, clips):
+    from rc_nbkit.data import load_speech
+
+    build_librispeech(tmp_path / "LibriSpeech", clips)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"audio": str(REAL / "cards" / "001.wav"), "text": "ten of clubs"}) + "\n")
+
+    assert len(load_speech(tmp_path / "LibriSpeech")) == 10
+    assert load_speech(tmp_path / "m.jsonl").texts == ["ten of clubs"]
+    assert load_speech(REAL).ids[:2] == ["cards/001", "cards/002"]
+    with pytest.raises(DataError, match="no such file"):
+        load_speech(tmp_path / "absent")
+    with pytest.raises(InputError, match="demo corpus part"):
+        load_speech("demo:dev")

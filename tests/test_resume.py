@@ -38,18 +38,22 @@ def state(trainer):
     return values
 
 
+def step_losses(folder):
+    return [record["loss"] for record in load_metrics(folder) if record["type"] == "step"]
+
+
 @pytest.mark.parametrize("accumulation", [1, 2])
 def test_interrupted_run_resumes_bitwise(tmp_path, accumulation):
-    straight = build(tmp_path / "straight", 8, optim__gradient_accumulation_steps=accumulation, optim__warmup_steps=2)
+    straight = build(tmp_path / "straight", 5, optim__gradient_accumulation_steps=accumulation, optim__warmup_steps=2)
     straight.train()
     straight.close()
 
-    first = build(tmp_path / "split", 8, optim__gradient_accumulation_steps=accumulation, optim__warmup_steps=2)
-    summary = first.train(max_steps=3)
+    first = build(tmp_path / "split", 5, optim__gradient_accumulation_steps=accumulation, optim__warmup_steps=2)
+    summary = first.train(max_steps=2)
     first.close()
-    assert summary["steps"] == 3
-    resumed = build(tmp_path / "split", 8, resume=True, optim__gradient_accumulation_steps=accumulation, optim__warmup_steps=2)
-    assert resumed.global_step == 3
+    assert summary["steps"] == 2
+    resumed = build(tmp_path / "split", 5, resume=True, optim__gradient_accumulation_steps=accumulation, optim__warmup_steps=2)
+    assert resumed.global_step == 2
     resumed.train()
     resumed.close()
 
@@ -57,15 +61,14 @@ def test_interrupted_run_resumes_bitwise(tmp_path, accumulation):
     assert set(expected) == set(actual)
     for name in expected:
         assert torch.equal(expected[name], actual[name]), f"{name} differs after resume"
-    losses = lambda folder: [record["loss"] for record in load_metrics(folder) if record["type"] == "step"]
-    assert losses(tmp_path / "straight") == losses(tmp_path / "split")
+    assert step_losses(tmp_path / "straight") == step_losses(tmp_path / "split")
 
 
 def test_checkpoint_contents_and_pruning(tmp_path):
-    trainer = build(tmp_path, 6, train__checkpoint_every=2, train__keep_checkpoints=2)
+    trainer = build(tmp_path, 5, train__checkpoint_every=2, train__keep_checkpoints=2)
     trainer.train()
     trainer.close()
-    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-0000004", "step-0000006"]
+    assert [path.name for path in list_checkpoints(tmp_path)] == ["step-0000004", "step-0000005"]
     checkpoint = latest_checkpoint(tmp_path)
     names = {path.name for path in checkpoint.iterdir()}
     assert {"adapter", "projections.safetensors", "optimizers.pt", "schedulers.pt", "rng.pt", "trainer_state.json", "config.yaml"} <= names

@@ -117,12 +117,16 @@ try {
   await page.screenshot({ path: config.screenshot.replace(/\.png$/, '-running.png'), fullPage: true });
 
   // Pause: the button label turns to Resume, the status says paused and the step count stays.
+  // A step already running when the pause was requested still finishes, so the check waits
+  // 1.5 step times (measured above) before and between its two readings.
+  const stepMs = (later.time - first.time) / Math.max(stepOf(later) - stepOf(first), 1);
+  const pauseCheckMs = Math.max(config.pauseCheckMs, 1.5 * stepMs);
+  result.stepMs = stepMs;
   await page.click('.rc-nbkit-dashboard .rc-nbkit-pause');
   const paused = await waitFor(page, (o) => o && o.pauseLabel === 'Resume' && o.status.includes('paused'), 'the paused state', 250);
-  // A step already running when the pause was requested still finishes.
-  await page.waitForTimeout(config.pauseCheckMs);
+  await page.waitForTimeout(pauseCheckMs);
   const pausedBefore = await observe(page);
-  await page.waitForTimeout(config.pauseCheckMs);
+  await page.waitForTimeout(pauseCheckMs);
   const pausedAfter = await observe(page);
   result.pause = { paused, before: stepOf(pausedBefore), after: stepOf(pausedAfter) };
 
@@ -130,16 +134,28 @@ try {
   const resumed = await waitFor(page, (o) => o && stepOf(o) > stepOf(pausedAfter), 'a step after resuming', 500);
   result.resumed = { step: stepOf(resumed), label: resumed.pauseLabel };
 
-  // Run the rest of the notebook (the wait cell and everything below it).
-  await page.evaluate((index) => {
-    const panel = window.jupyterapp.shell.currentWidget;
-    panel.content.activeCellIndex = index;
-    return window.jupyterapp.commands.execute('notebook:run-all-below');
+  // Run the rest of the notebook, the wait cell first, skipping cells flagged `#| slow` as nbdev-test does.
+  const rest = await page.evaluate((start) => {
+    const notebook = window.jupyterapp.shell.currentWidget.content;
+    const indices = [];
+    notebook.widgets.forEach((cell, index) => {
+      if (index >= start && cell.model.type === 'code' && !/^#\|\s*slow\b/m.test(cell.model.sharedModel.getSource())) indices.push(index);
+    });
+    return indices;
   }, waitIndex);
-  await page.waitForTimeout(2000);
-  while (!(await kernelIdle(page))) {
-    if (Date.now() > deadline) throw new Error('timed out waiting for the notebook to finish');
-    await page.waitForTimeout(1000);
+  result.ranBelow = rest;
+  for (const index of rest) {
+    await page.evaluate((cellIndex) => {
+      const panel = window.jupyterapp.shell.currentWidget;
+      panel.content.activeCellIndex = cellIndex;
+      panel.content.deselectAll();
+      return window.jupyterapp.commands.execute('notebook:run-cell');
+    }, index);
+    await page.waitForTimeout(500);
+    while (!(await kernelIdle(page))) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for cell ${index}`);
+      await page.waitForTimeout(500);
+    }
   }
   const final = await observe(page);
   result.final = final;
