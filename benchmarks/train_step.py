@@ -7,7 +7,9 @@ LoRA and projections and utterances of the offline demo corpus:
 2. with the teacher cache on, median step time in the second epoch against the first (target: at most 0.6x).
 
 The two configurations of (1) alternate step by step so that load from other processes affects both alike.
-The last line printed is one JSON object with the figures and targets.
+On the CPU the figures are process CPU seconds per step (all threads), because wall time on a shared
+machine mostly measures the other processes; on CUDA they are wall seconds after synchronisation.
+Wall seconds are printed too. The last line printed is one JSON object with the figures and targets.
 
 Usage: python benchmarks/train_step.py [--quick] [--steps N] [--batch-size B]
 """
@@ -47,10 +49,21 @@ def make_trainer(folder, curriculum, steps, batch_size, items, teacher_cache=Fal
     return Trainer(config, pair=pair, train_dataset=dataset, collate_fn=collate)
 
 
+WALL_TIMES = []
+
+
 def timed_step(trainer):
+    "Return the cost of one step: CPU seconds on the CPU, synchronised wall seconds on CUDA (wall time kept in WALL_TIMES)."
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    cpu_started = time.process_time()
     started = time.perf_counter()
     trainer.step()
-    return time.perf_counter() - started
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    WALL_TIMES.append(wall)
+    return wall if torch.cuda.is_available() else time.process_time() - cpu_started
 
 
 def main():
@@ -92,10 +105,13 @@ def main():
     # The first step of the first epoch includes one-time work (allocations), so both epochs drop their first step.
     first_epoch = statistics.median(epoch_times[0][1:])
     second_epoch = statistics.median(epoch_times[1][1:])
-    print(f"step time, all five terms: median {full_median:.3f} s over {steps} steps (batch {batch_size})")
-    print(f"step time, CE + KL only:   median {light_median:.3f} s over {steps} steps (batch {batch_size})")
-    print(f"teacher cache: first epoch median {first_epoch:.3f} s, second epoch median {second_epoch:.3f} s")
+    unit = "wall s" if torch.cuda.is_available() else "CPU s"
+    print(f"step cost, all five terms: median {full_median:.3f} {unit} over {steps} steps (batch {batch_size})")
+    print(f"step cost, CE + KL only:   median {light_median:.3f} {unit} over {steps} steps (batch {batch_size})")
+    print(f"teacher cache: first epoch median {first_epoch:.3f} {unit}, second epoch median {second_epoch:.3f} {unit}")
+    print(f"wall seconds of every measured step, in order: {[round(value, 2) for value in WALL_TIMES]}")
     result = {
+        "unit": unit,
         "all_terms_step_s": round(full_median, 4),
         "ce_kl_step_s": round(light_median, 4),
         "overhead": round(full_median / light_median - 1.0, 4),

@@ -159,6 +159,17 @@ def test_cache_is_reused_and_forced_rebuild(tmp_path):
     assert not list(tmp_path.glob("x.partial*"))
 
 
+@needs_espeak
+def test_damaged_cache_is_rebuilt(tmp_path):
+    built = build_demo_corpus(tmp_path / "x", max_sentences=5, data_directory=DATA)
+    original = digest(built.root)
+    next((built.root / "train").glob("*-clean.flac")).unlink()
+    with open(built.root / "eval_multilingual.jsonl", "a") as handle:
+        handle.write("")
+    repaired = build_demo_corpus(tmp_path / "x", max_sentences=5, data_directory=DATA)
+    assert digest(repaired.root) == original
+
+
 def test_without_espeak_only_real_clips(tmp_path, caplog):
     info = build_demo_corpus(tmp_path / "plain", max_sentences=5, data_directory=DATA, executable="espeak-ng-absent")
     assert info.counts == {"train": 0, "eval": 10, "eval_synthetic": 0, "eval_multilingual": 0}

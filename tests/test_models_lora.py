@@ -11,8 +11,6 @@ from rc_nbkit.models import LoraSettings, attach_lora, merge_lora
 
 REPO = Path(__file__).resolve().parents[1]
 CLIPS = REPO / "data" / "real" / "librivox"
-if not CLIPS.is_dir():  # until the data copy lands in the repository
-    CLIPS = REPO.parent / "shared" / "data" / "librivox"
 
 
 def clip_audio(count):
@@ -40,13 +38,19 @@ def test_merged_generate_language_task(base):
     model, processor = base
     adapted = perturbed_adapter(model, LoraSettings(rank=64, targets="decoder+encoder"))
     merged = merge_lora(adapted)
-    changed = 0
-    for audio in clip_audio(2):
+    audios = clip_audio(2)
+    for audio in audios:
         unmerged_ids = transcribe_ids(adapted, processor, audio, language="en", task="transcribe")
         merged_ids = transcribe_ids(merged, processor, audio, language="en", task="transcribe")
         assert merged_ids == unmerged_ids
-        changed += merged_ids != transcribe_ids(model, processor, audio, language="en", task="transcribe")
-    print(f"adapter changed the transcript of {changed} of 2 clips")
+
+    # The adapter must act, or the comparison above would be empty.
+    features = processor.feature_extractor(audios[0], sampling_rate=16000, return_tensors="pt").input_features
+    decoder_input_ids = torch.tensor([processor.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])])
+    with torch.inference_mode():
+        adapted_logits = merged(input_features=features, decoder_input_ids=decoder_input_ids).logits
+        original_logits = model(input_features=features, decoder_input_ids=decoder_input_ids).logits
+    assert (adapted_logits - original_logits).abs().max() > 1e-3
 
 
 def test_merge_keeps_original_model(base):
@@ -68,13 +72,18 @@ def test_lora_only_trainable(base):
     assert all(".decoder." in name and name.endswith(("q_proj", "v_proj")) for name in targeted)
 
 
-def test_export_merged_faster_whisper(tmp_path):
-    faster_whisper = pytest.importorskip("faster_whisper")
+def test_export_merged_ctranslate2_ids(tmp_path):
+    "The exported merged student decodes the same ids in ctranslate2 as in transformers, on the same features."
+    # faster-whisper 1.2.1 pads the log-mel features with zeros to 3,000 frames (audio.pad_or_trim),
+    # while transformers pads the audio with silence, so the padded frames differ. A perturbed model
+    # can then break a near-tie differently, so both engines get the same features here.
+    ctranslate2 = pytest.importorskip("ctranslate2")
     model, processor = load_whisper("whisper-tiny.en")
     merged = merge_lora(perturbed_adapter(model, LoraSettings(rank=16)))
     destination = export_ctranslate2(merged, tmp_path / "ct2", processor=processor, quantization="float32")
-    runner = faster_whisper.WhisperModel(str(destination), device="cpu", compute_type="float32", cpu_threads=2)
+    runner = ctranslate2.models.Whisper(str(destination), device="cpu", compute_type="float32", intra_threads=2)
+    prompt = processor.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
     for audio in clip_audio(5):
-        segments, _ = runner.transcribe(audio, beam_size=1, temperature=0.0, without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
-        exported = [token for segment in segments for token in segment.tokens]
+        features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="np").input_features
+        exported = runner.generate(ctranslate2.StorageView.from_array(features), [prompt], beam_size=1)[0].sequences_ids[0]
         assert exported == transcribe_ids(merged, processor, audio)
