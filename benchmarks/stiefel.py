@@ -8,11 +8,11 @@ manifold). The script measures, side by side in one run:
 - the orthogonality error max ||WᵀW - I||_F after 10,000 float32 steps with Gaussian gradients.
 
 `--quick` (under a minute on 2 CPU cores) times 2 matrices of each shape and measures the drift on
-St(128, 102) and St(128, 26), the same column ratios at a tenth of the rows. The full run times
+St(64, 51) and St(64, 13), the same column ratios at a twentieth of the rows. The full run times
 32 matrices and measures the drift on the full shapes, which needs a GPU to finish in minutes.
 The last line printed is one JSON object with the figures and their targets.
 
-Usage: python benchmarks/stiefel.py [--quick] [--device cpu|cuda] [--matrices N] [--repeats N]
+Usage: python benchmarks/stiefel.py [--quick] [--device cpu|cuda] [--matrices N] [--repeats N] [--threads N]
 """
 from __future__ import annotations
 
@@ -95,13 +95,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to run on")
     parser.add_argument("--matrices", type=int, default=None, help="matrices per shape in the timing (default 32, quick 2)")
     parser.add_argument("--repeats", type=int, default=None, help="timed steps per optimiser (default 10, quick 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--drift-steps", type=int, default=10_000, help="float32 steps before the orthogonality error is measured")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     matrices = args.matrices or (2 if args.quick else 32)
     repeats = args.repeats or (2 if args.quick else 10)
-    drift_shapes = [(128, 102), (128, 26)] if args.quick else TIMING_SHAPES
+    drift_shapes = [(64, 51), (64, 13)] if args.quick else TIMING_SHAPES
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"device {device}, torch threads {torch.get_num_threads()}, geoopt {geoopt.__version__}, float32, momentum 0.9, lr {LEARNING_RATE}")
 
     result = {"device": str(device), "matrices": matrices, "repeats": repeats, "drift_steps": args.drift_steps}

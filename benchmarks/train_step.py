@@ -7,8 +7,8 @@ LoRA and projections and utterances of the offline demo corpus:
 2. with the teacher cache on, median step time in the second epoch against the first (target: at most 0.6x).
 
 The two configurations of (1) alternate step by step so that load from other processes affects both alike.
-On the CPU the figures are process CPU seconds per step (all threads), because wall time on a shared
-machine mostly measures the other processes; on CUDA they are wall seconds after synchronisation.
+On the CPU the figures are process CPU seconds per step, summed over threads. Wall time on a shared
+machine mostly measures the other processes. On CUDA the figures are wall seconds after synchronisation.
 Wall seconds are printed too. The last line printed is one JSON object with the figures and targets.
 
 Usage: python benchmarks/train_step.py [--quick] [--steps N] [--batch-size B]
@@ -68,7 +68,7 @@ def timed_step(trainer):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer steps and batch 1 (under about a minute on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="2 measured steps of batch 1 per configuration (about a minute of CPU time on 2 cores)")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per configuration (default 6, quick 2)")
     parser.add_argument("--batch-size", type=int, default=None, help="utterances per step (default 2, quick 1)")
     arguments = parser.parse_args()

@@ -2,7 +2,7 @@
 
 The site is served from docs/_build/html (built by `bash scripts/docs.sh`) on 127.0.0.1; every
 request to another host is blocked and counted. Each page that contains plotly figures must load
-plotly.js from the site itself and draw every figure. Screenshots go to the test's temporary folder.
+plotly.js from the site itself and draw every figure. Screenshots go to .cache/browser-tests/docs/.
 """
 import functools
 import http.server
@@ -64,7 +64,7 @@ def site_check(tmp_path_factory):
     finally:
         server.shutdown()
         server.server_close()
-    print(f"docs screenshots in {home}")
+    print(f"docs screenshots in {support.keep_artifacts(home, 'docs')}")
     return result
 
 

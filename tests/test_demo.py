@@ -11,7 +11,9 @@ from rc_nbkit.trainer import load_metrics
 def check_report(run_dir, steps):
     report = json.loads((run_dir / "report.json").read_text())
     names = [result["name"] for result in report["results"]]
-    assert len(names) == 3 and "zero-shot" in names[1] and "distilled" in names[2]
+    assert len(names) == 3
+    assert "zero-shot" in names[1]
+    assert "distilled" in names[2]
     for result in report["results"]:
         scores = result["scores"]["normalised"]
         utterances = result["scores"]["utterances"]
@@ -49,3 +51,26 @@ def test_full_demo(tmp_path):
     assert demo_command(["--output-dir", str(run_dir)]) == 0
     report = check_report(run_dir, steps=json.loads((run_dir / "report.json").read_text())["config"]["train"]["total_steps"])
     assert report["evaluation"]["utterances"] == 10
+
+
+def test_distill_command_stops_and_resumes(tmp_path):
+    from rc_nbkit.trainer import distill_command, latest_checkpoint
+
+    run_dir = tmp_path / "run"
+    arguments = ["--config", "demo", "--output-dir", str(run_dir), "--set", "train.total_steps=2", "--set", "data.batch_size=1",
+                 "--set", "data.max_train_items=2", "--set", "train.progress_bar=false"]
+    assert distill_command(arguments + ["--max-steps", "1"]) == 0
+    assert latest_checkpoint(run_dir).name == "step-0000001"
+    assert distill_command(arguments + ["--resume"]) == 0
+    assert latest_checkpoint(run_dir).name == "step-0000002"
+    steps = [record["step"] for record in load_metrics(run_dir) if record["type"] == "step"]
+    assert steps == [1, 2]
+    assert [record["reason"] for record in load_metrics(run_dir) if record["type"] == "end"] == ["max_steps", "finished"]
+
+
+def test_distill_command_rejects_unknown_key(tmp_path):
+    from rc_nbkit.trainer import distill_command
+
+    with pytest.raises(SystemExit) as error:
+        distill_command(["--config", "demo", "--set", "optim.learning_rate=1"])
+    assert error.value.code == 2

@@ -138,7 +138,7 @@ def test_bad_audio_rejected(tiny):
 
 
 @pytest.mark.parametrize(
-    "clip_count", [pytest.param(3, id="3-clips"), pytest.param(None, id="all-clips", marks=pytest.mark.slow)]
+    "clip_count", [pytest.param(2, id="2-clips"), pytest.param(None, id="all-clips", marks=pytest.mark.slow)]
 )
 def test_comparison_report_real_clips(items, base, tmp_path, clip_count):
     from rc_nbkit.models import attach_lora

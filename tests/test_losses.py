@@ -226,3 +226,21 @@ def test_single_utterance_cache_needs_frames(composite_inputs):
     cached = loss(**single, teacher_targets=with_frames, weights={"cont": 1.0})
     direct = loss(**single, teacher_hidden_states=teacher, weights={"cont": 1.0})
     assert float(cached.terms["cont"]) == pytest.approx(float(direct.terms["cont"]), abs=1e-6)
+
+
+def test_composite_degenerate_utterances_stay_finite(composite_inputs):
+    loss, inputs = composite_inputs
+    silent = tuple(state.clone() for state in inputs["student_hidden_states"])
+    for state in silent:
+        state[0] = 0.0  # an all-zero utterance
+        state[1, :] = state[1, :1]  # one frame repeated
+    mask = inputs["student_mask"].clone()
+    mask[3, 3:] = False  # fewer valid frames than k
+    output = loss(**{**inputs, "student_hidden_states": silent, "student_mask": mask},
+                  weights={"ce": 1, "kl": 0.5, "geo": 0.15, "traj": 0.3, "cont": 0.3}, return_angles=True)
+    output.total.backward()
+    assert all(torch.isfinite(value) for value in output.terms.values())
+    assert all(torch.isfinite(projection.weight.grad).all() for projection in loss.projections)
+    assert loss.contrastive.log_temperature.grad is not None
+    assert output.diagnostics["short_utterances"] == 1.0
+    assert all(np.isfinite(output.angles["mean_deg"]))

@@ -13,7 +13,7 @@ from rc_nbkit.trainer import (
     tiny_run_config,
 )
 
-# Two stages so the resumed half crosses a curriculum boundary; CONT ramps down inside the second stage.
+# Two stages, so the resumed half runs in a different stage from the first half. CONT ramps down inside the second stage.
 CURRICULUM = [
     {"start": 0.0, "end": 0.4, "weights": {"kl": 0.5, "geo": 0.15, "traj": 0.3, "cont": 0.3}},
     {"start": 0.4, "end": 1.0, "weights": {"ce": 1.0, "kl": 0.05, "geo": 0.05, "traj": 0.3, "cont": 0.3},
@@ -97,3 +97,19 @@ def test_loading_rejects_pickled_code(tmp_path):
 def test_resume_without_checkpoint_is_clear(tmp_path):
     with pytest.raises(ValueError, match="no complete checkpoint found"):
         build(tmp_path, 2, resume=True)
+
+
+def test_resume_with_teacher_cache_bitwise(tmp_path):
+    # The cache is not saved in checkpoints: the resumed run recomputes the teacher for utterances it has not seen.
+    straight = build(tmp_path / "straight", 5, train__teacher_cache=True)
+    straight.train()
+    straight.close()
+    first = build(tmp_path / "split", 5, train__teacher_cache=True)
+    first.train(max_steps=2)
+    first.close()
+    resumed = build(tmp_path / "split", 5, resume=True, train__teacher_cache=True)
+    resumed.train()
+    resumed.close()
+    expected, actual = state(straight), state(resumed)
+    for name in expected:
+        assert torch.equal(expected[name], actual[name]), f"{name} differs after resume"

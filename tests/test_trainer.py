@@ -62,7 +62,7 @@ def test_ce_step_matches_manual_adamw(tmp_path):
 
     record = trainer.step()
     trainer.close()
-    assert record["terms"]["ce"] == pytest.approx(float(loss), rel=1e-5)
+    assert record["terms"]["ce"] == pytest.approx(float(loss.detach()), rel=1e-5)
     for name, parameter in lora.items():
         torch.testing.assert_close(parameter.detach(), expected[name].detach(), rtol=1e-5, atol=1e-7)
 
@@ -86,7 +86,7 @@ def test_encoder_terms_reach_only_projections(tmp_path, caplog):
     assert summary["reason"] == "finished"
     assert trainer.gradient_flow_warnings, "the gradient-flow audit should warn that GEO reaches only the projections"
     assert any("geo" in message.lower() for message in caplog.messages)
-    # AdamW's weight decay moves LoRA B only away from zero when it has a gradient; with GEO only it has none.
+    # AdamW skips parameters without a gradient (weight decay included), and GEO gives LoRA none.
     for name, parameter in trainer.trainable["lora"]:
         assert torch.equal(parameter.detach(), lora_before[name]), name
     moved = [not torch.equal(projection.weight.detach(), before) for projection, before in zip(trainer.projections, projections_before)]
@@ -103,8 +103,10 @@ def test_step_records_follow_schema(tmp_path):
     trainer.close()
     records = load_metrics(tmp_path)
     start, steps, end = records[0], records[1:-1], records[-1]
-    assert start["type"] == "start" and start["total_steps"] == 3
-    assert start["curriculum"][0]["start_step"] == 0 and start["curriculum"][0]["end_step"] == 3
+    assert start["type"] == "start"
+    assert start["total_steps"] == 3
+    assert start["curriculum"][0]["start_step"] == 0
+    assert start["curriculum"][0]["end_step"] == 3
     assert end == {"type": "end", "step": 3, "reason": "finished"}
     for number, record in enumerate(steps, start=1):
         assert record["step"] == number
@@ -116,7 +118,8 @@ def test_step_records_follow_schema(tmp_path):
         angles = record["angles"]
         assert len(angles["pairs"]) == len(angles["mean_deg"]) == len(angles["latest_deg"]) == len(trainer.layer_pairs)
         assert all(0 <= value <= 90 for row in angles["latest_deg"] for value in row)
-        assert record["throughput"] > 0 and record["memory_mb"] > 0
+        assert record["throughput"] > 0
+        assert record["memory_mb"] > 0
     # Cosine schedule: the first step runs at the base rate, later ones lower.
     assert steps[0]["lr"]["adamw"] == pytest.approx(trainer.config.optim.lr)
     assert steps[2]["lr"]["adamw"] < steps[1]["lr"]["adamw"] < steps[0]["lr"]["adamw"]
@@ -174,5 +177,50 @@ def test_signal_writes_checkpoint_and_exits(tmp_path, signum):
     reason, steps = stdout.split("REASON", 1)[1].split()
     assert reason == "signal"
     checkpoint = latest_checkpoint(run_dir)
-    assert checkpoint is not None and checkpoint.name == f"step-{int(steps):07d}"
+    assert checkpoint is not None
+    assert checkpoint.name == f"step-{int(steps):07d}"
     assert load_metrics(run_dir)[-1] == {"type": "end", "step": int(steps), "reason": "signal"}
+
+
+def test_gradient_checkpointing_same_step(tmp_path):
+    plain = make_trainer(tmp_path / "plain", ALL_TERMS, total_steps=1)
+    checkpointed = make_trainer(tmp_path / "checkpointed", ALL_TERMS, total_steps=1, train__gradient_checkpointing=True)
+    base = checkpointed.student.get_base_model()
+    assert base.is_activation_checkpointing if hasattr(base, "is_activation_checkpointing") else base.is_gradient_checkpointing
+    plain_record = plain.step()
+    checkpointed_record = checkpointed.step()
+    assert checkpointed_record["loss"] == pytest.approx(plain_record["loss"], rel=1e-6)
+    for (name, expected), (_, actual) in zip(plain.trainable["lora"], checkpointed.trainable["lora"]):
+        torch.testing.assert_close(actual.detach(), expected.detach(), rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_bf16_autocast_step_is_finite(tmp_path):
+    trainer = make_trainer(tmp_path, ALL_TERMS, total_steps=1, train__precision="bf16")
+    record = trainer.step()
+    assert not record["skipped"]
+    assert all(math.isfinite(value) for value in record["terms"].values())
+    # Parameters and optimiser state stay float32 under autocast.
+    assert all(parameter.dtype == torch.float32 for named in trainer.trainable.values() for _, parameter in named)
+
+
+def test_evaluation_records_and_callback(tmp_path):
+    from rc_nbkit.trainer import TrainerCallback
+
+    class Collect(TrainerCallback):
+        def __init__(self):
+            self.metrics = []
+
+        def on_evaluate(self, trainer, metrics):
+            self.metrics.append(metrics)
+
+    collector = Collect()
+    pair, dataset, collate = tiny_distillation_setup(8, lora_dropout=0.0)
+    config = tiny_run_config(tmp_path, total_steps=4, train__eval_every=2)
+    trainer = Trainer(config, pair=pair, train_dataset=dataset, collate_fn=collate, callbacks=[collector],
+                      evaluate_fn=lambda trainer: {"wer": 0.5, "step_seen": trainer.global_step})
+    trainer.train()
+    trainer.close()
+    assert [entry["step"] for entry in collector.metrics] == [2, 4]
+    assert [entry["step_seen"] for entry in collector.metrics] == [2, 4]
+    evals = [record for record in load_metrics(tmp_path) if record["type"] == "eval"]
+    assert evals == collector.metrics

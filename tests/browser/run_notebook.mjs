@@ -56,14 +56,14 @@ function stepOf(observation) {
   return match ? Number(match[1]) : -1;
 }
 
-async function waitFor(page, predicate, what, pollMs = 500) {
+async function waitFor(page, predicate, description, pollMs = 500) {
   while (Date.now() < deadline) {
     const observation = await observe(page);
     if (observation) result.observations.push(observation);
     if (predicate(observation)) return observation;
     await page.waitForTimeout(pollMs);
   }
-  throw new Error(`timed out waiting for ${what}`);
+  throw new Error(`timed out waiting for ${description}`);
 }
 
 async function kernelIdle(page) {
@@ -116,7 +116,7 @@ try {
   result.later = later;
   await page.screenshot({ path: config.screenshot.replace(/\.png$/, '-running.png'), fullPage: true });
 
-  // Pause: the button label turns to Resume, the status says paused and the step count stays.
+  // Pause: the button label turns to Resume, the status line reads paused and the step count stays.
   // A step already running when the pause was requested still finishes, so the check waits
   // 1.5 step times (measured above) before and between its two readings.
   const stepMs = (later.time - first.time) / Math.max(stepOf(later) - stepOf(first), 1);
@@ -163,6 +163,7 @@ try {
     const notebook = window.jupyterapp.shell.currentWidget.content;
     return notebook.widgets.map((cell) => ({
       type: cell.model.type,
+      slow: /^#\|\s*slow\b/m.test(cell.model.sharedModel.getSource()),
       executionCount: cell.model.executionCount === undefined ? null : cell.model.executionCount,
       errors: cell.model.type === 'code'
         ? cell.model.outputs.toJSON().filter((output) => output.output_type === 'error').map((output) => `${output.ename}: ${output.evalue}`)

@@ -104,6 +104,19 @@ def jupyterlab(root: Path, home: Path, timeout_s: float = 120):
         log.close()
 
 
+ARTIFACTS = REPO / ".cache" / "browser-tests"  # screenshots and results of the latest run, kept for inspection and CI
+
+
+def keep_artifacts(home: Path, name: str) -> Path:
+    "Copy the screenshots and result JSON of a test run from `home` to .cache/browser-tests/NAME and return that folder."
+    target = ARTIFACTS / name
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir(parents=True)
+    for path in list(home.glob("*.png")) + list(home.glob("*.json")) + list(home.glob("*.log")):
+        shutil.copy(path, target / path.name)
+    return target
+
+
 def run_node(script: str, config: dict, home: Path, timeout_s: float) -> dict:
     "Run a Node script of tests/browser with `config` and return the result JSON it wrote."
     config_path = home / f"{Path(script).stem}-config.json"
