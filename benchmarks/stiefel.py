@@ -94,14 +94,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="2 matrices per shape and scaled drift shapes (under a minute on 2 CPU cores)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="torch device to run on")
     parser.add_argument("--matrices", type=int, default=None, help="matrices per shape in the timing (default 32, quick 2)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed steps per optimiser (default 10, quick 2)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per optimiser (default 10, quick 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--drift-steps", type=int, default=10_000, help="float32 steps before the orthogonality error is measured")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
     matrices = args.matrices or (2 if args.quick else 32)
-    repeats = args.repeats or (2 if args.quick else 10)
+    repeats = args.repeats or (3 if args.quick else 10)
     drift_shapes = [(64, 51), (64, 13)] if args.quick else TIMING_SHAPES
     if args.threads:
         torch.set_num_threads(args.threads)

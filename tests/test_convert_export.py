@@ -57,3 +57,26 @@ def test_export_transcribes_like_original(exported):
 def test_convert_command_errors(capsys):
     assert convert_command(["/no/such/model"]) == 2
     assert "not a model directory" in capsys.readouterr().out
+
+
+def test_export_command_merges_lora(tmp_path):
+    "`rc-nbkit export --lora` writes the same weights as merging the adapter in memory."
+    import torch
+
+    from rc_nbkit.models import LoraSettings, attach_lora, merge_lora
+
+    model, _ = load_whisper("whisper-tiny.en")
+    torch.manual_seed(0)
+    adapted = attach_lora(model, LoraSettings(rank=4))
+    for name, parameter in adapted.named_parameters():
+        if "lora_B" in name:
+            parameter.data.normal_(0.0, 1e-2)
+    adapted.save_pretrained(tmp_path / "adapter")
+    expected = merge_lora(adapted).state_dict()
+
+    assert export_command(["whisper-tiny.en", str(tmp_path / "merged"), "--format", "transformers", "--lora", str(tmp_path / "adapter")]) == 0
+    exported, _ = load_whisper(tmp_path / "merged")
+    actual = exported.state_dict()
+    assert sorted(actual) == sorted(expected)
+    for key, value in expected.items():
+        assert torch.allclose(actual[key], value, rtol=0, atol=1e-6), key

@@ -219,3 +219,32 @@ def test_command_writes_report(items, tmp_path, capsys):
 def test_command_missing_data_fails(tmp_path, capsys):
     assert evaluate_command(["--model", "whisper-tiny.en", "--data", str(tmp_path / "missing")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(__import__("shutil").which("espeak-ng") is None, reason="needs espeak-ng (apt-get install -y espeak-ng)")
+def test_per_language_wer_forced_token(items, base):
+    from types import SimpleNamespace
+
+    from transformers.models.whisper.english_normalizer import BasicTextNormalizer
+
+    from rc_nbkit.corpus import load_sentences, synthesize
+    from rc_nbkit.evaluate import evaluate_model
+
+    spoken = []
+    for language, voice in (("it", "it"), ("es", "es")):
+        text = load_sentences(language)[0]
+        spoken.append(SimpleNamespace(id=f"{language}-0", waveform=synthesize(text, voice), text=text, language=language))
+    english = librivox(items)[1]
+    test_items = [english, *spoken]
+
+    model, processor = base
+    result = evaluate_model(WhisperTranscriber(model, processor, max_new_tokens=60), test_items, warmup=0)
+    per_language = result["scores"]["per_language"]
+    assert sorted(per_language) == ["en", "es", "it"]
+
+    normaliser = BasicTextNormalizer()
+    for item, utterance in zip(spoken, result["scores"]["utterances"][1:]):
+        reference = " ".join(normaliser(item.text).split())
+        hypothesis = " ".join(normaliser(utterance["hypothesis"]).split())
+        expected = jiwer.wer(reference, hypothesis)
+        assert per_language[item.language]["normalised"]["wer"] == pytest.approx(expected, abs=1e-12)

@@ -1,4 +1,7 @@
 """Property tests of the subspace geometry and the subspace losses against independent oracles (scipy, NumPy float64)."""
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -266,3 +269,78 @@ def test_whisper_sized_batch_is_finite_and_padding_invariant():
     padded = loss(**{**inputs, "student_hidden_states": changed, "teacher_hidden_states": teacher_changed})
     for name in LOSS_TERM_NAMES:
         assert abs(float(padded.terms[name]) - float(output.terms[name])) < 1e-4, name
+
+
+@pytest.mark.slow
+def test_real_whisper_encoders_base_to_tiny_en():
+    """Real encoders (base teacher, tiny.en student) on real speech: every term finite, exact zero for a self-pair."""
+    soundfile = pytest.importorskip("soundfile")
+    convert = pytest.importorskip("rc_nbkit.convert")
+    stiefel = pytest.importorskip("rc_nbkit.stiefel")
+    from rc_nbkit.losses import align_label_tokens, shared_vocabulary
+
+    folder = Path(__file__).resolve().parents[1] / "data/real/librivox"
+    transcripts = dict(line.split("\t", 1) for line in (folder / "transcripts.tsv").read_text().splitlines() if "\t" in line)
+    names = sorted(transcripts)[:2]
+    try:
+        teacher, teacher_processor = convert.load_whisper("whisper-base")
+        student, student_processor = convert.load_whisper("whisper-tiny.en")
+    except InputError as error:
+        pytest.skip(f"offline Whisper models are not available: {error}")
+
+    audio = [soundfile.read(folder / f"{name}.wav", dtype="float32")[0] for name in names]
+    mask = torch.zeros(2, 1500, dtype=torch.bool)
+    for row, waveform in enumerate(audio):
+        mask[row, : min(1500, math.ceil(math.ceil(len(waveform) / 160) / 2))] = True
+
+    def labels_for(tokenizer, prefix):
+        rows = [[-100] * len(prefix) + tokenizer.encode(" " + transcripts[name].strip(), add_special_tokens=False) + [tokenizer.convert_tokens_to_ids("<|endoftext|>")] for name in names]
+        width = max(len(row) for row in rows)
+        labels = torch.tensor([row + [-100] * (width - len(row)) for row in rows])
+        decoder_inputs = torch.tensor([prefix + [max(token, 0) for token in row[len(prefix):]] for row in labels.tolist()])[:, : width]
+        return labels, decoder_inputs
+
+    def run(model, processor, prefix):
+        features = processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
+        labels, decoder_inputs = labels_for(processor.tokenizer, prefix)
+        with torch.no_grad():
+            outputs = model(input_features=features, decoder_input_ids=decoder_inputs, output_hidden_states=True)
+        return outputs, labels
+
+    teacher_tokens = teacher_processor.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])
+    student_tokens = student_processor.tokenizer.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
+    teacher_outputs, teacher_labels = run(teacher, teacher_processor, teacher_tokens)
+    student_outputs, student_labels = run(student, student_processor, student_tokens)
+    assert len(student_outputs.encoder_hidden_states) == 5
+    assert len(teacher_outputs.encoder_hidden_states) == 7
+
+    pairs = uniform_layer_map(4, 6)
+    torch.manual_seed(0)
+    loss = DistillationLoss(pairs, [stiefel.StiefelLinear(384, 512) for _ in pairs], k=64, method="exact")
+    alignment = align_label_tokens(teacher_labels, student_labels, teacher_processor.tokenizer, student_processor.tokenizer)
+    vocabulary = shared_vocabulary(teacher_processor.tokenizer, student_processor.tokenizer)
+    logits = student_outputs.logits.clone().requires_grad_(True)
+    output = loss(
+        student_hidden_states=student_outputs.encoder_hidden_states, student_mask=mask, student_logits=logits,
+        labels=student_labels, teacher_logits=teacher_outputs.logits, teacher_hidden_states=teacher_outputs.encoder_hidden_states,
+        alignment=alignment, vocabulary=vocabulary, weights={"ce": 1, "kl": 0.5, "geo": 0.15, "traj": 0.3, "cont": 0.3},
+        return_angles=True,
+    )
+    output.total.backward()
+    assert all(torch.isfinite(value) for value in output.terms.values())
+    assert all(torch.isfinite(projection.weight.grad).all() for projection in loss.projections)
+    assert alignment.coverage["mismatched_rows"] == []
+    assert output.diagnostics["kl_position_coverage"] > 0.5
+    assert 0 < float(output.terms["geo"]) < 1
+
+    # A student compared with itself through identity projections is at distance zero.
+    identity = [torch.nn.Linear(384, 384, bias=False) for _ in range(4)]
+    for layer in identity:
+        torch.nn.init.eye_(layer.weight)
+    self_loss = DistillationLoss([(i, i) for i in range(1, 5)], identity, k=64, method="exact")
+    self_output = self_loss(
+        student_hidden_states=student_outputs.encoder_hidden_states, student_mask=mask,
+        teacher_hidden_states=student_outputs.encoder_hidden_states, weights={"geo": 1.0, "traj": 1.0},
+    )
+    assert float(self_output.terms["geo"]) < 1e-5
+    assert float(self_output.terms["traj"]) < 1e-5

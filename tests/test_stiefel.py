@@ -45,7 +45,7 @@ def run_random_gradients(optimizer_class, dtype, shape, steps=LONG_RUN_STEPS, se
     return parameter, optimizer
 
 
-# Momentum 0.9 makes the steps about ten times the learning rate times the gradient: ||step||_F ≈ 0.5.
+# Momentum 0.9 makes each step about ten times lr times the gradient, so ||step||_F is about 0.5.
 DRIFT_CASES = [
     pytest.param(shape, every, method, id=f"{shape[0]}x{shape[1]}-every{every}-{method}")
     for shape in [(12, 4), (10, 8)]
@@ -72,7 +72,7 @@ def test_sgd_drift_float64(shape, every, method):
 
 @pytest.mark.parametrize("method", ["dense", "woodbury"])
 def test_sgd_drift_float64_without_corrections(method):
-    # In float64 the Cayley rotation alone keeps the point on the manifold; no correction is needed.
+    # In float64 the Cayley rotation alone keeps the point on the manifold, without any correction.
     parameter, _ = run_random_gradients(
         RiemannianSGD, torch.float64, (10, 8), lr=0.01, reorthogonalize_every=0, newton_schulz_every=0, cayley_method=method
     )
@@ -81,7 +81,7 @@ def test_sgd_drift_float64_without_corrections(method):
 
 @pytest.mark.parametrize("retraction", ["qr", "polar"])
 def test_sgd_drift_other_retractions(retraction):
-    # These retractions orthonormalise from scratch every step, so drift cannot accumulate: 2,000 steps suffice.
+    # These retractions orthonormalise from scratch every step, so drift cannot accumulate and 2,000 steps suffice.
     parameter, optimizer = run_random_gradients(
         RiemannianSGD, torch.float32, (12, 4), steps=2000, lr=0.01, retraction=retraction, metric="euclidean",
         reorthogonalize_every=0,
@@ -193,3 +193,24 @@ def test_distributed_data_parallel_identical_steps():
     for distributed, single in zip(ranks[0], model.parameters()):
         torch.testing.assert_close(distributed, single.detach(), atol=1e-12, rtol=0)
     assert orthogonality_error(ranks[0][0]) <= 1e-12
+
+
+def test_shared_momentum_batch_matches_separate():
+    # The optimiser updates last step's stacked momentum in place when the states still share it.
+    # The oracle is the same run with every buffer copied out after each step.
+    torch.manual_seed(0)
+    shared = [StiefelParameter(torch.randn(9, 3, dtype=torch.float64)) for _ in range(3)]
+    separate = [StiefelParameter(parameter.detach().clone(), projection=None) for parameter in shared]
+    shared_optimizer = RiemannianSGD(shared, lr=0.05)
+    separate_optimizer = RiemannianSGD(separate, lr=0.05)
+    for _ in range(6):
+        gradients = [torch.randn(9, 3, dtype=torch.float64) for _ in shared]
+        for parameter, gradient in zip(shared + separate, gradients + gradients):
+            parameter.grad = gradient.clone()
+        shared_optimizer.step()
+        separate_optimizer.step()
+        for parameter in separate:
+            state = separate_optimizer.state[parameter]
+            state["momentum_buffer"] = state["momentum_buffer"].clone()
+    for first, second in zip(shared, separate):
+        assert torch.equal(first.detach(), second.detach())

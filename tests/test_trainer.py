@@ -224,3 +224,41 @@ def test_evaluation_records_and_callback(tmp_path):
     assert [entry["step_seen"] for entry in collector.metrics] == [2, 4]
     evals = [record for record in load_metrics(tmp_path) if record["type"] == "eval"]
     assert evals == collector.metrics
+
+
+def test_invalid_batch_is_counted_skip(tmp_path):
+    from rc_nbkit.core import InputError
+
+    pair, dataset, collate = tiny_distillation_setup(8, lora_dropout=0.0)
+
+    def collate_with_bad_item(items):
+        if any(item["id"] == "tiny-003" for item in items):
+            raise InputError("utterance tiny-003 has an empty transcript; fix or drop it")
+        return collate(items)
+
+    trainer = Trainer(tiny_run_config(tmp_path, total_steps=4), pair=pair, train_dataset=dataset, collate_fn=collate_with_bad_item)
+    summary = trainer.train()
+    trainer.close()
+    steps = [record for record in load_metrics(tmp_path) if record["type"] == "step"]
+    skipped = [record for record in steps if record["skipped"]]
+    assert summary["reason"] == "finished"
+    assert summary["skipped"] == len(skipped) == 1
+    assert "tiny-003" in skipped[0]["skip_reason"]
+    assert skipped[0]["skip_reason"].startswith("invalid batch")
+
+
+def test_crash_writes_checkpoint(tmp_path):
+    pair, dataset, collate = tiny_distillation_setup(8, lora_dropout=0.0)
+    calls = []
+
+    def collate_then_crash(items):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk vanished")
+        return collate(items)
+
+    trainer = Trainer(tiny_run_config(tmp_path, total_steps=4), pair=pair, train_dataset=dataset, collate_fn=collate_then_crash)
+    with pytest.raises(RuntimeError, match="disk vanished"):
+        trainer.train()
+    trainer.close()
+    assert latest_checkpoint(tmp_path).name == "step-0000002"

@@ -42,6 +42,7 @@ try {
     const plotlyLoaded = await page.evaluate(() => typeof window.Plotly === 'object' && typeof window.Plotly.newPlot === 'function');
     const mathjax = await page.evaluate(() => document.querySelectorAll('mjx-container').length);
     result.pages[name] = { status: response ? response.status() : null, figures, plotlyLoaded, mathjax, errors };
+    if (figures.length) await page.locator('.plotly-graph-div').first().scrollIntoViewIfNeeded();
     await page.screenshot({ path: path.join(config.screenshotDir, name.replace(/[\/]/g, '_') + '.png'), fullPage: false });
     page.off('pageerror', onError);
     page.off('console', onConsole);
