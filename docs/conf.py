@@ -28,8 +28,9 @@ html_static_path = ["_static"]
 
 # MathJax comes from the npm package copied into _static by scripts/docs.sh, not from a CDN.
 mathjax_path = "mathjax/tex-chtml.js"
-# Plotly figures load plotly.js from _static (copied from the plotly package), not from a CDN.
-html_js_files = ["plotly.min.js"]
+# Plotly figures load plotly.js from _static (copied from the plotly package), not from a CDN;
+# _templates/layout.html puts it in the page head.
+templates_path = ["_templates"]
 
 # The site shows dashboards as static plotly HTML: the kernel that ran the notebooks cannot serve
 # live widgets to a static page, and no widget manager is loaded from a CDN.

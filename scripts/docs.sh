@@ -47,6 +47,6 @@ if [[ -z $executed ]]; then
 fi
 python docs/prepare.py "$executed"
 cp docs/conf.py docs/_src/conf.py
-rm -rf docs/_src/_static && cp -r "$static" docs/_src/_static
+rm -rf docs/_src/_static docs/_src/_templates && cp -r "$static" docs/_src/_static && cp -r docs/_templates docs/_src/_templates
 RC_NBKIT_DOCS_EXECUTE=off sphinx-build -q -W --keep-going -b html docs/_src docs/_build/html
 echo "docs: site written to docs/_build/html/index.html"

@@ -25,7 +25,8 @@ install_system_packages() {
   command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
   if [[ ${RC_NBKIT_BROWSER_TESTS:-0} == 1 ]]; then
     command -v chromium >/dev/null 2>&1 || missing+=(chromium)
-    command -v node >/dev/null 2>&1 || missing+=(nodejs npm)
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
   fi
   [[ ${#missing[@]} -eq 0 ]] && return 0
   if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
@@ -38,7 +39,18 @@ install_system_packages() {
   fi
 }
 
+install_browser_driver() {
+  # playwright-core drives Debian's chromium in the browser tests; it never downloads a browser.
+  [[ ${RC_NBKIT_BROWSER_TESTS:-0} == 1 ]] || return 0
+  [[ -d tests/browser/node_modules/playwright-core ]] && return 0
+  command -v npm >/dev/null 2>&1 || { echo "set-up: WARNING: npm missing; browser tests will be skipped"; return 0; }
+  echo "set-up: installing playwright-core for the browser tests"
+  npm ci --prefix tests/browser --no-audit --no-fund --silent --cache "$PWD/.cache/npm-cache" >/dev/null 2>&1 \
+    || echo "set-up: WARNING: npm ci failed in tests/browser; browser tests will be skipped"
+}
+
 install_system_packages
+install_browser_driver
 
 if [[ -f $stamp && "$(cat "$stamp")" == "$fingerprint" ]] && "$venv/bin/python" -c "import rc_nbkit, torch" 2>/dev/null; then
   echo "set-up: $venv is up to date (nothing to install)"

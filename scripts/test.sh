@@ -14,6 +14,8 @@ for argument in "$@"; do
   if [[ $argument == --run-slow ]]; then run_slow=1; else pytest_args+=("$argument"); fi
 done
 
+# The test command also sets up the browser tests (Debian chromium, node, playwright-core).
+export RC_NBKIT_BROWSER_TESTS=${RC_NBKIT_BROWSER_TESTS:-1}
 bash scripts/setup.sh || { echo "test: set-up failed"; exit 1; }
 # shellcheck disable=SC1091
 source .venv/bin/activate
@@ -44,22 +46,24 @@ else
   failed_steps+=("nbdev-test")
 fi
 
-echo "== pytest"
-pytest_flags=(-q -p no:cacheprovider)
+pytest_flags=(-q -p no:cacheprovider --durations=15)
 [[ $run_slow == 1 ]] && pytest_flags+=(--run-slow)
+echo "== docs"
+if [[ $notebooks_failed -gt 0 ]]; then
+  echo "docs: skipped because a notebook failed"
+  failed_steps+=("docs")
+elif ! RC_NBKIT_EXECUTED_NBS=$executed bash scripts/docs.sh; then
+  failed_steps+=("docs")
+fi
+
+# pytest runs after the docs build, so the browser test of the site checks this build.
+echo "== pytest"
 pytest "${pytest_flags[@]}" "${pytest_args[@]}" 2>&1 | tee "$scratch/pytest.log"
 pytest_status=${PIPESTATUS[0]}
 # Exit code 5 means that no test was collected, which is not a failure here.
 if [[ $pytest_status -ne 0 && $pytest_status -ne 5 ]]; then failed_steps+=("pytest"); fi
 
-echo "== docs"
-if [[ $notebooks_failed -gt 0 ]]; then
-  echo "docs: skipped because a notebook failed"
-elif ! RC_NBKIT_EXECUTED_NBS=$executed bash scripts/docs.sh; then
-  failed_steps+=("docs")
-fi
-
-summary=$(grep -E '^[=]* *[0-9]+ (passed|failed)|^[=]* *no tests ran' "$scratch/pytest.log" | tail -n 1)
+summary=$(grep -E '^[=]* *[0-9]+ (passed|failed|error|errors|skipped)|^[=]* *no tests ran' "$scratch/pytest.log" | tail -n 1)
 count() { echo "$summary" | grep -oE "[0-9]+ $1" | grep -oE '[0-9]+' || echo 0; }
 passed=$(( $(count passed) + notebooks_passed ))
 failed=$(( $(count failed) + $(count error) + notebooks_failed ))

@@ -101,14 +101,15 @@ def test_adam_drift(dtype, tolerance):
     assert float((product + product.mT).abs().max()) <= 10 * tolerance
 
 
-def test_bfloat16_keeps_float32_point():
-    parameter, optimizer = run_random_gradients(RiemannianSGD, torch.bfloat16, (12, 4), steps=2000, lr=0.01)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_keeps_float32_point(dtype):
+    parameter, optimizer = run_random_gradients(RiemannianSGD, dtype, (12, 4), steps=2000, lr=0.01)
     state = optimizer.state[parameter]
     assert state["point_float32"].dtype == torch.float32
     assert state["momentum_buffer"].dtype == torch.float32
     assert orthogonality_error(state["point_float32"]) <= 1e-5
-    # The bfloat16 parameter is the rounding of the float32 point (8 significant bits).
-    assert torch.equal(state["point_float32"].to(torch.bfloat16), parameter.detach())
+    # The parameter is the rounding of the float32 point (8 significant bits in bfloat16, 11 in float16).
+    assert torch.equal(state["point_float32"].to(dtype), parameter.detach())
     assert orthogonality_error(parameter) <= 0.05
 
 
