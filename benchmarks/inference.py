@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
     model, processor = load_whisper(STUDENT, device=arguments.device, dtype=dtype)
     merged = distilled_student(arguments.device, dtype)
-    assert sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in model.parameters())
+    # Merging leaves the architecture unchanged: same parameter count and no LoRA modules.
+    same_parameters = sum(p.numel() for p in merged.parameters()) == sum(p.numel() for p in model.parameters())
+    lora_modules = [name for name, _ in merged.named_modules() if "lora" in name]
     transformers_rows = {
         "untouched": WhisperTranscriber(model, processor, name="student (untouched)"),
         "distilled_merged": WhisperTranscriber(merged, processor, name="student (distilled, LoRA merged)"),
@@ -146,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
         "merged_over_untouched": round(ratio, 4),
         "target_merged_over_untouched": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
+        "merged_same_parameter_count": same_parameters,
+        "merged_lora_modules": len(lora_modules),
         "rtfx_faster_whisper": round(measured["faster_whisper"]["rtfx"], 3),
         "faster_whisper_over_transformers": round(speedup, 3),
         "wer_untouched": round(wers["untouched"], 4),

@@ -691,7 +691,7 @@ class ComparisonReport:
         (directory / "report.json").write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False), encoding="utf-8")
         figure = self.noise_figure()
         if figure is not None:
-            figure.write_html(directory / "noise.html", include_plotlyjs="cdn")
+            figure.write_html(directory / "noise.html", include_plotlyjs=True)  # embedded: the report opens offline
         return directory
 
 
