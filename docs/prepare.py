@@ -8,8 +8,10 @@ cell tags, and cells flagged for skipping in tests are not executed.
 """
 from __future__ import annotations
 
+import ast
 import inspect
 import json
+import os
 import re
 import shutil
 import sys
@@ -17,6 +19,7 @@ import tomllib
 from pathlib import Path
 
 import yaml
+import nbdev.processors
 from nbdev.serve import proc_nbs
 
 DOCS = Path(__file__).resolve().parent
@@ -52,6 +55,38 @@ def cell_options(source: str) -> dict[str, str]:
             break
         options[match.group(1)] = match.group(2).strip()
     return options
+
+
+def _evaluate_definitions_only(cell):
+    """Decide like nbdev which cells to run for show_doc, but skip cells that mix imports with other code.
+
+    Such cells are tests or examples. They may need earlier cells that nbdev does not run, and their
+    outputs already come from the test run.
+    """
+    if not _nbdev_do_eval(cell):
+        return None
+    if cell.directives_.keys() & {"export", "exports", "exporti", "exec_doc"}:
+        return True
+    return all(isinstance(tree, (ast.Import, ast.ImportFrom)) for tree in cell.parsed_()) or None
+
+
+_nbdev_do_eval = nbdev.processors._do_eval
+# proc_nbs runs in this process (n_workers=0), so the replacement applies to it.
+nbdev.processors._do_eval = _evaluate_definitions_only
+
+
+def disable_flagged_cells(folder: Path, flags: list[str]) -> None:
+    "Mark cells flagged for skipping (such as `#| slow`) `eval: false` in a copy, so nbdev's processing skips them too."
+    for path in folder.rglob("*.ipynb"):
+        notebook = json.loads(path.read_text())
+        changed = False
+        for cell in notebook["cells"]:
+            source = "".join(cell["source"])
+            if cell["cell_type"] == "code" and any(flag in cell_options(source) for flag in flags):
+                cell["source"] = "#| eval: false\n" + source
+                changed = True
+        if changed:
+            path.write_text(json.dumps(notebook, indent=1))
 
 
 def exported_module(path: Path) -> str | None:
@@ -130,12 +165,17 @@ def main() -> int:
     # Notebooks that the test run already executed (with outputs saved) are used as they are;
     # otherwise Sphinx executes them (see nb_execution_mode in conf.py).
     notebooks = Path(sys.argv[1]).resolve() if len(sys.argv) > 1 else REPO / "nbs"
+    flags = skip_flags()
+    if notebooks != REPO / "nbs":
+        disable_flagged_cells(notebooks, flags)
+    # nbdev's processing runs every cell that imports something; from the notebooks' own folder,
+    # relative paths such as ../data resolve as they do in the test run.
+    os.chdir(notebooks)
     processed = proc_nbs(path=str(notebooks), n_workers=0, force=True)
     if SOURCE.exists():
         shutil.rmtree(SOURCE)
     SOURCE.mkdir(parents=True)
 
-    flags = skip_flags()
     pages = []
     for notebook_path in sorted(processed.rglob("*.ipynb")):
         relative = notebook_path.relative_to(processed)

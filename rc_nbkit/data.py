@@ -854,7 +854,7 @@ class ModelInputs:
 
 
 class WhisperCollator:
-    "Turn a list of `SpeechItem`s into the batch dict of both models (see the chapter text)."
+    "Turn a list of `SpeechItem` objects into the batch dict of both models (see the chapter text)."
     # NOTE: with DataLoader workers (num_workers > 0) each worker has its own copy of `skips`, so the
     # counts seen in the main process stay empty; use num_workers=0 for a complete report.
 

@@ -538,7 +538,7 @@ class _StiefelOptimizer(Optimizer):
 
 # %% ../nbs/03_stiefel.ipynb #9ae76b8f
 class RiemannianSGD(_StiefelOptimizer):
-    "SGD with momentum that keeps `StiefelParameter`s on the Stiefel manifold; other parameters get `torch.optim.SGD` steps."
+    "SGD with momentum that keeps every `StiefelParameter` on the Stiefel manifold; other parameters get `torch.optim.SGD` steps."
 
     def __init__(
         self,
@@ -636,7 +636,7 @@ class RiemannianSGD(_StiefelOptimizer):
 
 # %% ../nbs/03_stiefel.ipynb #1c0c809b
 class RiemannianAdam(_StiefelOptimizer):
-    "Adam that keeps `StiefelParameter`s on the Stiefel manifold; other parameters get `torch.optim.Adam` steps."
+    "Adam that keeps every `StiefelParameter` on the Stiefel manifold; other parameters get `torch.optim.Adam` steps."
 
     def __init__(
         self,
