@@ -29,7 +29,7 @@ html_static_path = ["_static"]
 # MathJax comes from the npm package copied into _static by scripts/docs.sh, not from a CDN.
 mathjax_path = "mathjax/tex-chtml.js"
 # Plotly figures load plotly.js from _static (copied from the plotly package), not from a CDN;
-# _templates/layout.html puts it in the page head.
+# _templates/base.html puts it in the page head.
 templates_path = ["_templates"]
 
 # The site shows dashboards as static plotly HTML: the kernel that ran the notebooks cannot serve
