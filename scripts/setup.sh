@@ -42,11 +42,13 @@ install_system_packages() {
 install_browser_driver() {
   # playwright-core drives Debian's chromium in the browser tests; it never downloads a browser.
   [[ ${RC_NBKIT_BROWSER_TESTS:-0} == 1 ]] || return 0
-  [[ -d tests/browser/node_modules/playwright-core ]] && return 0
+  [[ -f tests/browser/node_modules/playwright-core/package.json ]] && return 0
   command -v npm >/dev/null 2>&1 || { echo "set-up: WARNING: npm missing; browser tests will be skipped"; return 0; }
   echo "set-up: installing playwright-core for the browser tests"
-  npm ci --prefix tests/browser --no-audit --no-fund --silent --cache "$PWD/.cache/npm-cache" >/dev/null 2>&1 \
-    || echo "set-up: WARNING: npm ci failed in tests/browser; browser tests will be skipped"
+  if ! npm ci --prefix tests/browser --no-audit --no-fund --silent --cache "$PWD/.cache/npm-cache" >/dev/null 2>&1; then
+    rm -rf tests/browser/node_modules
+    echo "set-up: WARNING: npm ci failed in tests/browser; browser tests will be skipped"
+  fi
 }
 
 install_system_packages

@@ -28,7 +28,7 @@ def missing_tools() -> str | None:
         return f"{CHROMIUM} not found; install Debian's chromium (apt-get install -y chromium)"
     if shutil.which("node") is None:
         return "node not found; install Node.js (apt-get install -y nodejs npm)"
-    if not (BROWSER_DIR / "node_modules" / "playwright-core").is_dir():
+    if not (BROWSER_DIR / "node_modules" / "playwright-core" / "package.json").is_file():
         return "playwright-core not installed; run `npm ci --prefix tests/browser`"
     return None
 
