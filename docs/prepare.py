@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 import yaml
@@ -71,6 +72,8 @@ def _evaluate_definitions_only(cell):
 
 
 _nbdev_do_eval = nbdev.processors._do_eval
+# nbdev warns about every cell that mixes imports with code; this build skips those cells anyway.
+warnings.filterwarnings("ignore", message="Found cells containing imports and other code")
 # proc_nbs runs in this process (n_workers=0), so the replacement applies to it.
 nbdev.processors._do_eval = _evaluate_definitions_only
 

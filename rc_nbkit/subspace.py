@@ -174,6 +174,12 @@ def orthonormal_basis(
     if method not in ("exact", "randomized"):
         raise InputError(f"method = {method!r} is not supported; use 'exact' or 'randomized'")
 
+    # Frames after the last valid frame of every utterance only add zero rows, which change neither
+    # the principal directions nor the gradient; Whisper pads to 30 s, so dropping them saves most work.
+    if bool(mask.any()):
+        last_valid = int(mask.any(dim=0).nonzero().max()) + 1
+        hidden, mask = hidden[:, :last_valid], mask[:, :last_valid]
+
     dtype = torch.promote_types(hidden.dtype, torch.float32)
     if relative_eps is None:
         relative_eps = torch.finfo(dtype).eps ** 0.5
