@@ -174,11 +174,21 @@ def orthonormal_basis(
     if method not in ("exact", "randomized"):
         raise InputError(f"method = {method!r} is not supported; use 'exact' or 'randomized'")
 
-    # Frames after the last valid frame of every utterance only add zero rows, which change neither
-    # the principal directions nor the gradient; Whisper pads to 30 s, so dropping them saves most work.
-    if bool(mask.any()):
-        last_valid = int(mask.any(dim=0).nonzero().max()) + 1
-        hidden, mask = hidden[:, :last_valid], mask[:, :last_valid]
+    # Frames after an utterance's last valid frame only add zero rows, which change neither the
+    # principal directions nor the gradient. Whisper pads to 30 s, so dropping them saves most work.
+    # Each utterance is cut to its own length, so its basis does not depend on the rest of the batch
+    # (which keeps resumed runs bitwise equal to uninterrupted ones).
+    valid_lengths = [int(row.nonzero().max()) + 1 if bool(row.any()) else row.numel() for row in mask]
+    if max(valid_lengths) < mask.shape[1]:
+        options = dict(method=method, center=center, oversample=oversample, power_iterations=power_iterations,
+                       seed=seed, relative_eps=relative_eps, return_singular_values=True)
+        results = [
+            orthonormal_basis(hidden[row : row + 1, :length], mask[row : row + 1, :length], k, **options)
+            for row, length in enumerate(valid_lengths)
+        ]
+        basis = torch.cat([row_basis for row_basis, _ in results])
+        singular = torch.cat([row_singular for _, row_singular in results])
+        return (basis, singular) if return_singular_values else basis
 
     dtype = torch.promote_types(hidden.dtype, torch.float32)
     if relative_eps is None:
