@@ -110,7 +110,7 @@ def _decode_array(raw: bytes, dtype_id: int, shape: list[int], name: str) -> np.
     array = np.frombuffer(raw, dtype=dtype).copy()
     expected = int(np.prod(shape)) if shape else 1
     if array.size != expected:
-        raise InputError(f"variable {name!r} holds {array.size} values but its shape {shape} needs {expected}")
+        raise InputError(f"variable {name!r} contains {array.size} values but its shape {shape} needs {expected}")
     return array.reshape(shape)
 
 

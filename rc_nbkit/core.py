@@ -60,7 +60,7 @@ def check_shape(
 
 # %% ../nbs/00_core.ipynb #7b55ba7e
 def check_finite(tensor: torch.Tensor, name: str) -> None:
-    "Raise `InputError` if `tensor` holds NaN or infinite values."
+    "Raise `InputError` if `tensor` contains NaN or infinite values."
     finite = torch.isfinite(tensor)
     if bool(finite.all()):
         return

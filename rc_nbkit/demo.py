@@ -233,7 +233,9 @@ def demo_command(argv: list[str]) -> int:
         config = demo_config(arguments.quick, arguments.overrides, arguments.output_dir)
     except InputError as error:
         parser.exit(2, f"rc-nbkit demo: {error}\n")
-    eval_limit = arguments.eval_limit if arguments.eval_limit is not None else (2 if arguments.quick else None)
+    eval_limit = arguments.eval_limit
+    if eval_limit is None and arguments.quick:
+        eval_limit = 2
     report = run_demo(config, eval_limit=eval_limit)
     run_dir = Path(config.output_dir)
     print((run_dir / "report.md").read_text(encoding="utf-8"))

@@ -355,7 +355,12 @@ def parameter_accounting(pair: WhisperPair, *, temperature: nn.Module | nn.Param
     student_named = list(pair.student.named_parameters())
     lora_parameters = [parameter for name, parameter in student_named if "lora_" in name]
     student_parameters = [parameter for name, parameter in student_named if "lora_" not in name]
-    temperature_parameters = [] if temperature is None else ([temperature] if isinstance(temperature, nn.Parameter) else list(temperature.parameters()))
+    if temperature is None:
+        temperature_parameters = []
+    elif isinstance(temperature, nn.Parameter):
+        temperature_parameters = [temperature]
+    else:
+        temperature_parameters = list(temperature.parameters())
 
     groups = {}
     for group, parameters in (("teacher", teacher_parameters), ("student", student_parameters), ("lora", lora_parameters), ("projections", list(pair.projections.parameters())), ("temperature", temperature_parameters)):
@@ -477,7 +482,12 @@ def gradient_flow_audit(pair: WhisperPair, weights, *, temperature: nn.Parameter
     "Report, for each loss term with a non-zero weight, which trainable parameters its gradient reaches."
     terms = _nonzero_terms(weights)
     functions = {**_default_term_functions(), **(term_functions or {})}
-    temperature_parameters = [] if temperature is None else ([temperature] if isinstance(temperature, nn.Parameter) else list(temperature.parameters()))
+    if temperature is None:
+        temperature_parameters = []
+    elif isinstance(temperature, nn.Parameter):
+        temperature_parameters = [temperature]
+    else:
+        temperature_parameters = list(temperature.parameters())
     temperature_tensor = temperature_parameters[0] if temperature_parameters else None
     groups = {
         "lora": pair.lora_parameters(),
