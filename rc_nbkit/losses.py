@@ -19,6 +19,7 @@ from rc_nbkit.subspace import (
     _check_hidden_and_mask,
     masked_mean,
     orthonormal_basis,
+    orthonormal_bases,
     principal_angles,
     projected_basis,
     projection_distance,
@@ -518,8 +519,9 @@ class DistillationLoss(nn.Module):
         "Position in `layer_pairs` of the GEO pair: the pair with the largest student index."
         return max(range(len(self.layer_pairs)), key=lambda position: self.layer_pairs[position][0])
 
-    def _basis(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return orthonormal_basis(hidden, mask, self.k, method=self.method, center=self.center)
+    def _bases(self, hidden_states: list[torch.Tensor], mask: torch.Tensor) -> list[torch.Tensor]:
+        "Bases of several layers' states that share `mask`, computed together."
+        return orthonormal_bases(hidden_states, mask, self.k, method=self.method, center=self.center)
 
     @torch.no_grad()
     def teacher_targets(
@@ -536,7 +538,7 @@ class DistillationLoss(nn.Module):
                 f"layer pairs use teacher index {needed[-1]} but only {len(teacher_hidden_states)} teacher hidden states "
                 "were given; pass output_hidden_states=True and check the layer map"
             )
-        bases = {index: self._basis(teacher_hidden_states[index], teacher_mask) for index in needed}
+        bases = dict(zip(needed, self._bases([teacher_hidden_states[index] for index in needed], teacher_mask)))
         final = teacher_hidden_states[final_teacher]
         pooled = masked_mean(final.float(), teacher_mask)
 
@@ -555,19 +557,27 @@ class DistillationLoss(nn.Module):
         self, student_hidden_states: Sequence[torch.Tensor], student_mask: torch.Tensor, positions: Sequence[int]
     ) -> list[torch.Tensor]:
         "Basis of the projected student states for each layer pair in `positions`, differentiable in the projections."
+        # With an isometry W the basis of the projected states is W times the student basis, so the student
+        # bases of all such pairs are computed together, before any projection.
+        shortcut = [self.layer_pairs[position][0] for position in positions if self._is_isometry(self.projections[position])]
+        student_bases = {}
+        if shortcut:
+            indices = sorted(set(shortcut))
+            states = [student_hidden_states[index] for index in indices]
+            # A frozen encoder needs no gradient through the basis; an adapted one (encoder LoRA) gets it.
+            with torch.set_grad_enabled(torch.is_grad_enabled() and any(hidden.requires_grad for hidden in states)):
+                student_bases = dict(zip(indices, self._bases(states, student_mask)))
+
         bases = []
         for position in positions:
             student_index, _ = self.layer_pairs[position]
             projection = self.projections[position]
-            hidden = student_hidden_states[student_index]
+            dtype = _parameter_dtype(projection)
             if self._is_isometry(projection):
-                # A frozen encoder needs no gradient through the basis; an adapted one (encoder LoRA) gets it.
-                with torch.set_grad_enabled(torch.is_grad_enabled() and hidden.requires_grad):
-                    student_basis = self._basis(hidden, student_mask)
-                bases.append(projected_basis(student_basis.to(_parameter_dtype(projection)), projection))
+                bases.append(projected_basis(student_bases[student_index].to(dtype), projection))
             else:
-                projected = projection(hidden.to(_parameter_dtype(projection)))
-                bases.append(self._basis(projected, student_mask))
+                projected = projection(student_hidden_states[student_index].to(dtype))
+                bases.append(self._bases([projected], student_mask)[0])
         return bases
 
     def forward(
@@ -687,7 +697,9 @@ class DistillationLoss(nn.Module):
             angles = None
             if return_angles:
                 with torch.no_grad():
-                    per_pair = [principal_angles(s.detach(), t).mean(dim=0).rad2deg() for s, t in zip(student_bases, teacher_bases)]
+                    # One batched call for all pairs: (pairs * batch, k) angles, averaged over the batch.
+                    all_angles = principal_angles(torch.cat(student_bases).detach(), torch.cat(teacher_bases))
+                    per_pair = all_angles.unflatten(0, (len(student_bases), -1)).mean(dim=1).rad2deg()
                 angles = {
                     "pairs": [list(pair) for pair in self.layer_pairs],
                     "mean_deg": [float(values.mean()) for values in per_pair],

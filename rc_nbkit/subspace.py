@@ -16,8 +16,8 @@ from .core import InputError, check_shape
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'masked_mean', 'orthonormal_basis', 'projected_basis', 'principal_angles', 'projection_distance',
-           'geodesic_distance', 'pullback_distance']
+__all__ = ['logger', 'masked_mean', 'orthonormal_bases', 'orthonormal_basis', 'projected_basis', 'principal_angles',
+           'projection_distance', 'geodesic_distance', 'pullback_distance']
 
 # %% ../nbs/01_subspace.ipynb #f2b8584d
 def _check_hidden_and_mask(
@@ -55,10 +55,22 @@ def masked_mean(
 ) -> torch.Tensor:  # (batch, d_model)
     "Average the valid frames of each utterance; padded values never matter."
     mask = _check_hidden_and_mask(hidden, mask, "hidden")
-    zero = hidden.new_zeros(())
-    summed = torch.where(mask.unsqueeze(-1), hidden, zero).sum(dim=1)
-    counts = mask.sum(dim=1, keepdim=True).to(hidden.dtype)
-    return summed / counts
+    # Each utterance is summed up to its own last valid frame: Whisper's padding to 30 s is skipped, and
+    # the result does not depend on the other utterances in the batch.
+    means = []
+    for row, (length, count) in enumerate(_row_extents(mask)):
+        states = hidden[row, :length]
+        if count < length:
+            states = torch.where(mask[row, :length].unsqueeze(-1), states, states.new_zeros(()))
+        means.append(states.sum(dim=0) / count)
+    return torch.stack(means)
+
+
+def _row_extents(mask: torch.Tensor) -> list[tuple[int, int]]:
+    "Per row of a `(batch, frames)` mask: one past the last valid frame, and the number of valid frames."
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    extents = torch.stack([(mask * positions).amax(dim=1), mask.sum(dim=1)], dim=1)
+    return [(length, count) for length, count in extents.tolist()]
 
 
 def _masked_features(hidden: torch.Tensor, mask: torch.Tensor, center: bool) -> torch.Tensor:
@@ -133,24 +145,125 @@ class _TopRightSingularSubspace(torch.autograd.Function):
         return grad_matrix, None, None
 
 # %% ../nbs/01_subspace.ipynb #4c24baaa
-def _randomized_sketch(
-    features: torch.Tensor,  # (batch, frames, d_model), masked
+def _test_matrix(d_model: int, width: int, seed: int, like: torch.Tensor) -> torch.Tensor:
+    "Gaussian test matrix `(d_model, width)` drawn from its own generator, so the global RNG is left alone."
+    generator = torch.Generator(device=like.device)
+    generator.manual_seed(seed)
+    return torch.randn(d_model, width, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def _randomized_sketches(
+    row_features: list[torch.Tensor],  # per utterance (layers, frames, d_model), masked; frames differ
     width: int,  # number of sketch columns, k + oversample
     power_iterations: int,
     seed: int,
-) -> torch.Tensor:  # (batch, d_model, width) with orthonormal columns
-    "Approximate the dominant right singular subspace of the features with a randomised range finder."
-    d_model = features.shape[-1]
-    generator = torch.Generator(device=features.device)
-    generator.manual_seed(seed)
-    test_matrix = torch.randn(d_model, width, generator=generator, device=features.device, dtype=features.dtype)
-
-    sketch = features.mT @ (features @ test_matrix)
+) -> list[torch.Tensor]:  # per utterance (layers, d_model, width) with orthonormal columns
+    "Approximate each dominant right singular subspace with a randomised range finder."
+    # The products keep each utterance's own length. The sketches all have the shape (d_model, width),
+    # so one batched QR serves every layer and utterance. On the CPU it factors each matrix separately,
+    # which keeps an utterance's result independent of the others in the batch.
+    test_matrix = _test_matrix(row_features[0].shape[-1], width, seed, row_features[0])
+    sizes = [features.shape[0] for features in row_features]
+    sketch = torch.cat([features.mT @ (features @ test_matrix) for features in row_features])
     sketch = torch.linalg.qr(sketch).Q
     for _ in range(power_iterations):
-        sketch = features.mT @ (features @ sketch)
+        parts = sketch.split(sizes)
+        sketch = torch.cat([features.mT @ (features @ part) for features, part in zip(row_features, parts)])
         sketch = torch.linalg.qr(sketch).Q
-    return sketch
+    return list(sketch.split(sizes))
+
+
+def _top_ritz_pairs(
+    row_features: list[torch.Tensor],  # per utterance (layers, frames, d_model), masked
+    sketches: list[torch.Tensor],  # per utterance (layers, d_model, width), orthonormal columns
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:  # (utterances * layers, d_model, k) bases and (utterances * layers, k) singular values
+    "Rayleigh-Ritz without gradient: the top-k eigenvectors of each small Gram matrix, in one batched call."
+    # The Gram matrices are width x width. Forming them in float64 keeps the top-k directions as accurate
+    # as an SVD of the small matrix, and one batched eigh replaces one SVD per utterance and layer.
+    grams = torch.cat([_gram(features @ sketch) for features, sketch in zip(row_features, sketches)])
+    eigenvalues, eigenvectors = torch.linalg.eigh(grams)
+    dtype = sketches[0].dtype
+    top_vectors = eigenvectors[..., -k:].flip(-1).to(dtype)
+    singular = eigenvalues[..., -k:].flip(-1).clamp_min(0).sqrt().to(dtype)
+    return torch.cat(sketches) @ top_vectors, singular
+
+
+def _gram(matrix: torch.Tensor) -> torch.Tensor:
+    matrix = matrix.double()
+    return matrix.mT @ matrix
+
+
+def orthonormal_bases(
+    hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...],  # per layer (batch, frames, d_model), one shape
+    mask: torch.Tensor | None = None,  # (batch, frames) bool, shared by the layers; None = all real
+    k: int = 64,  # number of principal directions
+    *,
+    method: str = "randomized",  # "exact" (thin SVD) or "randomized" (range finder + Rayleigh-Ritz)
+    center: bool = True,  # subtract the per-utterance mean of the valid frames first
+    oversample: int = 10,  # extra sketch columns of the randomised method
+    power_iterations: int = 2,  # extra products with MᵀM in the randomised method
+    seed: int = 0,  # seed of the randomised test matrix
+    relative_eps: float | None = None,  # gradient regulariser; default sqrt(machine epsilon)
+    return_singular_values: bool = False,  # return (basis, singular values (batch, k)) pairs
+) -> list:
+    "Orthonormal bases `(batch, d_model, k)`, one per layer, of layers that share one frame mask, computed together."
+    if len(hidden_states) == 0:
+        raise InputError("hidden_states is empty; pass a list of (batch, frames, d_model) tensors, one per layer")
+    mask = _check_hidden_and_mask(hidden_states[0], mask, "hidden")
+    sizes = check_shape(hidden_states[0], "hidden", ("batch", "frames", "d_model"))
+    for layer, hidden in enumerate(hidden_states[1:], start=1):
+        check_shape(hidden, f"hidden_states[{layer}]", ("batch", "frames", "d_model"), sizes)
+    d_model = sizes["d_model"]
+    if not 1 <= k <= d_model:
+        raise InputError(f"k = {k} must be between 1 and d_model = {d_model}; choose a smaller subspace rank")
+    if method not in ("exact", "randomized"):
+        raise InputError(f"method = {method!r} is not supported; use 'exact' or 'randomized'")
+    dtype = torch.promote_types(hidden_states[0].dtype, torch.float32)
+    if relative_eps is None:
+        relative_eps = torch.finfo(dtype).eps ** 0.5
+    layers = len(hidden_states)
+
+    with torch.autocast(device_type=hidden_states[0].device.type, enabled=False):
+        # Frames after an utterance's last valid frame only add zero rows, which change neither the
+        # principal directions nor the gradient. Whisper pads to 30 s, so dropping them saves most work.
+        # Each utterance is cut to its own length, so its basis does not depend on the rest of the batch
+        # (which keeps resumed runs bitwise equal to uninterrupted ones).
+        row_features = []
+        for row, (length, count) in enumerate(_row_extents(mask)):
+            states = torch.stack([hidden[row, :length] for hidden in hidden_states]).to(dtype)
+            if count < length:
+                states = _masked_features(states, mask[row, :length].expand(layers, length), center)
+            elif center:
+                states = states - states.mean(dim=1, keepdim=True)
+            row_features.append(states)
+
+        needs_grad = torch.is_grad_enabled() and any(hidden.requires_grad for hidden in hidden_states)
+        if method == "exact":
+            pairs = [_TopRightSingularSubspace.apply(features, k, relative_eps) for features in row_features]
+            basis = torch.cat([row_basis for row_basis, _ in pairs])
+            singular = torch.cat([row_singular for _, row_singular in pairs])
+        else:
+            width = min(k + oversample, d_model)
+            with torch.no_grad():
+                sketches = _randomized_sketches([features.detach() for features in row_features], width, power_iterations, seed)
+            if needs_grad:
+                pairs = [
+                    _TopRightSingularSubspace.apply(features @ sketch, k, relative_eps)
+                    for features, sketch in zip(row_features, sketches)
+                ]
+                basis = torch.cat([sketch @ small for sketch, (small, _) in zip(sketches, pairs)])
+                singular = torch.cat([row_singular for _, row_singular in pairs])
+            else:
+                with torch.no_grad():
+                    basis, singular = _top_ritz_pairs(row_features, sketches, k)
+
+    # Rows are ordered (utterance, layer); regroup them per layer.
+    basis = basis.unflatten(0, (-1, layers))
+    singular = singular.unflatten(0, (-1, layers))
+    if return_singular_values:
+        return [(basis[:, layer], singular[:, layer]) for layer in range(layers)]
+    return [basis[:, layer] for layer in range(layers)]
 
 
 def orthonormal_basis(
@@ -167,48 +280,10 @@ def orthonormal_basis(
     return_singular_values: bool = False,  # also return the top-k singular values (batch, k)
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     "Orthonormal basis `(batch, d_model, k)` of the top-k principal directions of the valid frames."
-    mask = _check_hidden_and_mask(hidden, mask, "hidden")
-    d_model = hidden.shape[-1]
-    if not 1 <= k <= d_model:
-        raise InputError(f"k = {k} must be between 1 and d_model = {d_model}; choose a smaller subspace rank")
-    if method not in ("exact", "randomized"):
-        raise InputError(f"method = {method!r} is not supported; use 'exact' or 'randomized'")
-
-    # Frames after an utterance's last valid frame only add zero rows, which change neither the
-    # principal directions nor the gradient. Whisper pads to 30 s, so dropping them saves most work.
-    # Each utterance is cut to its own length, so its basis does not depend on the rest of the batch
-    # (which keeps resumed runs bitwise equal to uninterrupted ones).
-    valid_lengths = [int(row.nonzero().max()) + 1 if bool(row.any()) else row.numel() for row in mask]
-    if max(valid_lengths) < mask.shape[1]:
-        options = dict(method=method, center=center, oversample=oversample, power_iterations=power_iterations,
-                       seed=seed, relative_eps=relative_eps, return_singular_values=True)
-        results = [
-            orthonormal_basis(hidden[row : row + 1, :length], mask[row : row + 1, :length], k, **options)
-            for row, length in enumerate(valid_lengths)
-        ]
-        basis = torch.cat([row_basis for row_basis, _ in results])
-        singular = torch.cat([row_singular for _, row_singular in results])
-        return (basis, singular) if return_singular_values else basis
-
-    dtype = torch.promote_types(hidden.dtype, torch.float32)
-    if relative_eps is None:
-        relative_eps = torch.finfo(dtype).eps ** 0.5
-
-    with torch.autocast(device_type=hidden.device.type, enabled=False):
-        features = _masked_features(hidden.to(dtype), mask, center)
-
-        if method == "exact":
-            basis, singular = _TopRightSingularSubspace.apply(features, k, relative_eps)
-        else:
-            width = min(k + oversample, d_model)
-            with torch.no_grad():
-                sketch = _randomized_sketch(features.detach(), width, power_iterations, seed)
-            small_basis, singular = _TopRightSingularSubspace.apply(features @ sketch, k, relative_eps)
-            basis = sketch @ small_basis
-
-    if return_singular_values:
-        return basis, singular
-    return basis
+    return orthonormal_bases(
+        [hidden], mask, k, method=method, center=center, oversample=oversample, power_iterations=power_iterations,
+        seed=seed, relative_eps=relative_eps, return_singular_values=return_singular_values,
+    )[0]
 
 # %% ../nbs/01_subspace.ipynb #5d4b29bf
 def projected_basis(
