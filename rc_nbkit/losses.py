@@ -18,7 +18,6 @@ from .core import InputError, check_shape
 from rc_nbkit.subspace import (
     _check_hidden_and_mask,
     masked_mean,
-    orthonormal_basis,
     orthonormal_bases,
     principal_angles,
     projected_basis,
@@ -564,7 +563,7 @@ class DistillationLoss(nn.Module):
         if shortcut:
             indices = sorted(set(shortcut))
             states = [student_hidden_states[index] for index in indices]
-            # A frozen encoder needs no gradient through the basis; an adapted one (encoder LoRA) gets it.
+            # A frozen encoder needs no gradient through the basis, but an adapted one (encoder LoRA) gets it.
             with torch.set_grad_enabled(torch.is_grad_enabled() and any(hidden.requires_grad for hidden in states)):
                 student_bases = dict(zip(indices, self._bases(states, student_mask)))
 

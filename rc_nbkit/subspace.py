@@ -258,7 +258,7 @@ def orthonormal_bases(
                 with torch.no_grad():
                     basis, singular = _top_ritz_pairs(row_features, sketches, k)
 
-    # Rows are ordered (utterance, layer); regroup them per layer.
+    # Rows are ordered by utterance, then by layer. Regroup them per layer.
     basis = basis.unflatten(0, (-1, layers))
     singular = singular.unflatten(0, (-1, layers))
     if return_singular_values:
