@@ -574,6 +574,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'rc_nbkit.subspace._TopRightSingularSubspace.forward': ( 'subspace.html#_toprightsingularsubspace.forward',
                                                                                             'rc_nbkit/subspace.py'),
                                    'rc_nbkit.subspace._check_basis_pair': ('subspace.html#_check_basis_pair', 'rc_nbkit/subspace.py'),
+                                   'rc_nbkit.subspace._check_finite_rows': ('subspace.html#_check_finite_rows', 'rc_nbkit/subspace.py'),
                                    'rc_nbkit.subspace._check_hidden_and_mask': ( 'subspace.html#_check_hidden_and_mask',
                                                                                  'rc_nbkit/subspace.py'),
                                    'rc_nbkit.subspace._gram': ('subspace.html#_gram', 'rc_nbkit/subspace.py'),

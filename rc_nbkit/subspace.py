@@ -194,6 +194,17 @@ def _gram(matrix: torch.Tensor) -> torch.Tensor:
     return matrix.mT @ matrix
 
 
+def _check_finite_rows(row_features: list[torch.Tensor]) -> None:
+    "Raise `InputError` naming the utterances whose valid frames contain NaN or infinite values."
+    finite = torch.stack([torch.isfinite(features).all() for features in row_features]).tolist()
+    bad_rows = [row for row, row_finite in enumerate(finite) if not row_finite]
+    if bad_rows:
+        raise InputError(
+            f"hidden states contain NaN or infinite values in the valid frames of batch rows {bad_rows}; "
+            "check the model outputs for those utterances (for example a float16 overflow) or drop them"
+        )
+
+
 def orthonormal_bases(
     hidden_states: list[torch.Tensor] | tuple[torch.Tensor, ...],  # per layer (batch, frames, d_model), one shape
     mask: torch.Tensor | None = None,  # (batch, frames) bool, shared by the layers; None = all real
@@ -237,6 +248,7 @@ def orthonormal_bases(
             elif center:
                 states = states - states.mean(dim=1, keepdim=True)
             row_features.append(states)
+        _check_finite_rows(row_features)
 
         needs_grad = torch.is_grad_enabled() and any(hidden.requires_grad for hidden in hidden_states)
         if method == "exact":
