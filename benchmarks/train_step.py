@@ -8,12 +8,12 @@ LoRA and projections and utterances of the offline demo corpus:
 
 The batch size defaults to the demo preset's (4 utterances), the batch the main job trains with. Part
 of the extra cost is fixed per step (the Riemannian step on the four 512 x 384 projections, about
-60 CPU ms here) and part grows with the batch (the bases of 8 layers per utterance), so smaller
+60 CPU ms on a 2-core x86_64 virtual machine) and part grows with the batch (the bases of 8 layers per utterance), so smaller
 batches show a larger overhead: `--batch-size 2` prints that figure.
 
 The two configurations of (1) alternate step by step on the same batches, so that load from other
 processes affects both alike. On the CPU the headline figures are process CPU seconds per step, summed
-over threads: wall time on a shared machine mostly measures the other processes. The wall-time overhead
+over threads, because wall time on a shared machine mostly measures the other processes. The wall-time overhead
 and the median of the per-pair differences are printed too. On CUDA every figure is wall seconds after
 synchronisation. The last line printed is one JSON object with the figures and targets.
 
@@ -75,7 +75,7 @@ def timed_step(trainer):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     demo_batch_size = preset("demo").data.batch_size
-    parser.add_argument("--quick", action="store_true", help="2 measured steps of batch 1 per configuration (about a minute of CPU time on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="2 measured steps of batch 1 per configuration, a smoke run of about 20 s on 2 cores; its figures are not comparable with the targets")
     parser.add_argument("--steps", type=int, default=None, help="measured steps per configuration (default 12, quick 2)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"utterances per step (default: the demo preset's {demo_batch_size}; quick 1)")
     arguments = parser.parse_args()
@@ -119,24 +119,31 @@ def main():
     first_epoch = statistics.median(epoch_times[0][1:])
     second_epoch = statistics.median(epoch_times[1][1:])
     unit = "wall s" if torch.cuda.is_available() else "CPU s"
+    if unit == "CPU s":
+        print("CPU s = process CPU time summed over threads; with two busy threads it is about twice the wall time")
+    overhead = full_median / light_median - 1.0
+    cache_ratio = second_epoch / first_epoch
     print(f"step cost, all five terms: median {full_median:.3f} {unit} over {steps} steps (batch {batch_size})")
     print(f"step cost, CE + KL only:   median {light_median:.3f} {unit} over {steps} steps (batch {batch_size})")
-    print(f"overhead: {full_median / light_median - 1.0:+.1%} ({unit}); median paired difference {paired_difference * 1000:.0f} ms "
+    print(f"overhead: {overhead:+.1%}; median paired difference {paired_difference * 1000:.0f} ms "
           f"({paired_difference / light_median:+.1%}); wall-time overhead {wall_overhead:+.1%}")
     print(f"paired differences (all terms - CE + KL), in ms: {[round(value * 1000) for value in differences]}")
     print(f"teacher cache: first epoch median {first_epoch:.3f} {unit}, second epoch median {second_epoch:.3f} {unit}")
-    print(f"wall seconds of every measured step, in order: {[round(value, 2) for value in WALL_TIMES]}")
+    print(f"wall seconds of every step in order, warm-up steps and first steps of an epoch included: {[round(value, 2) for value in WALL_TIMES]}")
+    batch_note = "" if batch_size == preset("demo").data.batch_size else f" (the target is set for the demo batch of {preset('demo').data.batch_size}, this run used {batch_size})"
+    print(f"target overhead <= 3 %: {'met' if overhead <= 0.03 else 'not met'}{batch_note}")
+    print(f"target cache ratio <= 0.6: {'met' if cache_ratio <= 0.6 else 'not met'} ({cache_ratio:.2f})")
     result = {
         "unit": unit,
         "all_terms_step_s": round(full_median, 4),
         "ce_kl_step_s": round(light_median, 4),
-        "overhead": round(full_median / light_median - 1.0, 4),
+        "overhead": round(overhead, 4),
         "target_overhead": 0.03,
         "paired_overhead": round(paired_difference / light_median, 4),
         "wall_overhead": round(wall_overhead, 4),
         "cache_first_epoch_step_s": round(first_epoch, 4),
         "cache_second_epoch_step_s": round(second_epoch, 4),
-        "cache_ratio": round(second_epoch / first_epoch, 4),
+        "cache_ratio": round(cache_ratio, 4),
         "target_cache_ratio": 0.6,
         "batch_size": batch_size,
         "steps": steps,

@@ -434,7 +434,9 @@ class GradientFlowAudit:
         for flow in self.terms:
             if flow.used_at_inference:
                 continue
-            groups = ", ".join(group for group, count in flow.reached.items() if count) or "no trainable parameters"
+            names = [group for group, count in flow.reached.items() if count]
+            groups = " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
+            groups = groups or "no trainable parameters"
             messages.append(
                 f"loss term {flow.term!r} (weight {flow.weight:g}) reaches only {groups}, which inference discards, so it cannot "
                 f"change the deployed student; add encoder LoRA (LoraSettings(targets='decoder+encoder')) or set its weight to 0"

@@ -219,18 +219,28 @@ def orthonormal_bases(
     return_singular_values: bool = False,  # return (basis, singular values (batch, k)) pairs
 ) -> list:
     "Orthonormal bases `(batch, d_model, k)`, one per layer, of layers that share one frame mask, computed together."
+    if isinstance(hidden_states, torch.Tensor):
+        raise InputError(
+            f"hidden_states is one tensor of shape {tuple(hidden_states.shape)}, but a list with one (batch, frames, d_model) "
+            "tensor per layer is expected; wrap it in a list or call orthonormal_basis"
+        )
     if len(hidden_states) == 0:
         raise InputError("hidden_states is empty; pass a list of (batch, frames, d_model) tensors, one per layer")
+    if isinstance(k, bool) or not hasattr(k, "__index__"):
+        raise InputError(f"k = {k!r} must be an int (the number of principal directions)")
+    k = int(k)
     mask = _check_hidden_and_mask(hidden_states[0], mask, "hidden")
     sizes = check_shape(hidden_states[0], "hidden", ("batch", "frames", "d_model"))
     for layer, hidden in enumerate(hidden_states[1:], start=1):
         check_shape(hidden, f"hidden_states[{layer}]", ("batch", "frames", "d_model"), sizes)
     d_model = sizes["d_model"]
     if not 1 <= k <= d_model:
-        raise InputError(f"k = {k} must be between 1 and d_model = {d_model}; choose a smaller subspace rank")
+        raise InputError(f"k = {k} must be between 1 and d_model = {d_model}; choose a subspace rank in that range")
     if method not in ("exact", "randomized"):
         raise InputError(f"method = {method!r} is not supported; use 'exact' or 'randomized'")
-    dtype = torch.promote_types(hidden_states[0].dtype, torch.float32)
+    dtype = torch.float32
+    for hidden in hidden_states:
+        dtype = torch.promote_types(dtype, hidden.dtype)
     if relative_eps is None:
         relative_eps = torch.finfo(dtype).eps ** 0.5
     layers = len(hidden_states)
