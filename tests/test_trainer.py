@@ -247,6 +247,32 @@ def test_invalid_batch_is_counted_skip(tmp_path):
     assert skipped[0]["skip_reason"].startswith("invalid batch")
 
 
+def test_nonfinite_teacher_states_skip_step(tmp_path):
+    pair, dataset, collate = tiny_distillation_setup(8, lora_dropout=0.0)
+    config = tiny_run_config(tmp_path, total_steps=3)
+    config.curriculum = ALL_TERMS
+    trainer = Trainer(config, pair=pair, train_dataset=dataset, collate_fn=collate)
+    teacher_forward = trainer.teacher.forward
+    calls = []
+
+    def forward_with_nan_states(*args, **kwargs):
+        outputs = teacher_forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            # A NaN in a valid frame of every encoder state, after the decoder has run.
+            for states in outputs.encoder_hidden_states:
+                states[0, 0, 0] = float("nan")
+        return outputs
+
+    trainer.teacher.forward = forward_with_nan_states
+    summary = trainer.train()
+    trainer.close()
+    steps = [record for record in load_metrics(tmp_path) if record["type"] == "step"]
+    assert summary["reason"] == "finished"
+    assert [record["skipped"] for record in steps] == [False, True, False]
+    assert "NaN or infinite values in the valid frames of batch rows [0]" in steps[1]["skip_reason"]
+
+
 def test_crash_writes_checkpoint(tmp_path):
     pair, dataset, collate = tiny_distillation_setup(8, lora_dropout=0.0)
     calls = []
