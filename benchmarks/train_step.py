@@ -7,21 +7,26 @@ LoRA and projections and utterances of the offline demo corpus:
 2. with the teacher cache on, median step time in the second epoch against the first (target: at most 0.6x).
 
 The batch size defaults to the demo preset's (4 utterances), the batch the main job trains with. Part
-of the extra cost is fixed per step (the Riemannian step on the four 512 x 384 projections, about
-60 CPU ms on a 2-core x86_64 virtual machine) and part grows with the batch (the bases of 8 layers per utterance), so smaller
-batches show a larger overhead: `--batch-size 2` prints that figure.
+of the extra cost is fixed per step: the Riemannian step on the four 512 x 384 projections takes about
+60 CPU ms on a 2-core x86_64 virtual machine. The rest grows with the batch (the bases of 8 layers per
+utterance), so smaller batches show a larger overhead: `--batch-size 2` prints that figure.
 
-The two configurations of (1) alternate step by step on the same batches, so that load from other
-processes affects both alike. On the CPU the headline figures are process CPU seconds per step, summed
-over threads, because wall time on a shared machine mostly measures the other processes. The wall-time overhead
-and the median of the per-pair differences are printed too. On CUDA every figure is wall seconds after
-synchronisation. The last line printed is one JSON object with the figures and targets.
+The two configurations of (1) alternate step by step on the same batches, in the order full-light, then
+light-full, so that load from other processes and leftovers of the previous step affect both alike. On
+the CPU the headline figures are process CPU seconds per step, summed over threads, because wall time
+on a shared machine mostly measures the other processes. The wall-time overhead and the median of the
+per-pair differences are printed too. On CUDA every figure is wall seconds after synchronisation.
+Unless `--system-malloc` is given, glibc is asked to keep freed memory (see `keep_freed_memory`), so that
+page faults, whose number depends on each process's allocation history, do not decide the result. The
+last line printed is one JSON object with the figures and targets.
 
-Usage: python benchmarks/train_step.py [--quick] [--steps N] [--batch-size B]
+Usage: python benchmarks/train_step.py [--quick] [--steps N] [--batch-size B] [--system-malloc]
 """
 import argparse
+import ctypes
 import json
 import logging
+import resource
 import statistics
 import tempfile
 import time
@@ -56,15 +61,18 @@ def make_trainer(folder, curriculum, steps, batch_size, items, teacher_cache=Fal
 
 
 WALL_TIMES = []
+PAGE_FAULTS = []
 
 
 def timed_step(trainer):
     "Return the cost of one step: CPU seconds on the CPU, synchronised wall seconds on CUDA (wall time kept in WALL_TIMES)."
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     cpu_started = time.process_time()
     started = time.perf_counter()
     trainer.step()
+    PAGE_FAULTS.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     wall = time.perf_counter() - started
@@ -72,32 +80,56 @@ def timed_step(trainer):
     return wall if torch.cuda.is_available() else time.process_time() - cpu_started
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed memory instead of handing it back to the kernel.
+
+    By default glibc serves large blocks with mmap and trims the heap, so every training step faults its
+    activation memory in again (80,000 minor page faults per teacher forward at batch 4 on the demo pair).
+    How many faults a step takes depends on the allocator's history in that process, which made whole
+    runs differ by several points of overhead. jemalloc or tcmalloc avoid this too. Returns False where
+    glibc is not the allocator."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max, m_arena_max = -1, -4, -8
+    return all(mallopt(option, value) == 1 for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_arena_max, 1)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     demo_batch_size = preset("demo").data.batch_size
     parser.add_argument("--quick", action="store_true", help="2 measured steps of batch 1 per configuration, a smoke run of about 20 s on 2 cores; its figures are not comparable with the targets")
-    parser.add_argument("--steps", type=int, default=None, help="measured steps per configuration (default 12, quick 2)")
+    parser.add_argument("--steps", type=int, default=None, help="measured steps per configuration (default 16, quick 2)")
     parser.add_argument("--batch-size", type=int, default=None, help=f"utterances per step (default: the demo preset's {demo_batch_size}; quick 1)")
+    parser.add_argument("--system-malloc", action="store_true", help="leave glibc's malloc settings alone (see keep_freed_memory)")
     arguments = parser.parse_args()
+    allocator = "glibc default"
+    if not arguments.system_malloc:
+        allocator = "glibc, freed memory kept" if keep_freed_memory() else "default (glibc settings not available)"
+    print(f"allocator: {allocator}")
     logging.basicConfig(level=logging.WARNING)
-    steps = arguments.steps or (2 if arguments.quick else 12)
+    steps = arguments.steps or (2 if arguments.quick else 16)
     batch_size = arguments.batch_size or (1 if arguments.quick else demo_batch_size)
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as folder:
-        # (1) All five terms against CE + KL, alternating, after one warm-up step each.
+        # (1) All five terms against CE + KL, alternating, after one warm-up step each. The order inside a
+        # pair alternates too (full-light, then light-full), so that whatever the first step of a pair
+        # leaves behind (caches, freed memory) favours neither configuration.
         items = batch_size * (steps + 1)
         full = make_trainer(f"{folder}/full", ALL_TERMS, steps + 1, batch_size, items)
         light = make_trainer(f"{folder}/light", CE_KL, steps + 1, batch_size, items)
         timed_step(full)
         timed_step(light)
-        full_times, light_times = [], []
-        first_measured = len(WALL_TIMES)
-        for _ in range(steps):
-            full_times.append(timed_step(full))
-            light_times.append(timed_step(light))
-        full_walls = WALL_TIMES[first_measured::2]
-        light_walls = WALL_TIMES[first_measured + 1 :: 2]
+        full_times, light_times, full_walls, light_walls, full_faults, light_faults = [], [], [], [], [], []
+        for pair in range(steps):
+            order = [(full, full_times, full_walls, full_faults), (light, light_times, light_walls, light_faults)]
+            for trainer, times, walls, faults in order if pair % 2 == 0 else reversed(order):
+                times.append(timed_step(trainer))
+                walls.append(WALL_TIMES[-1])
+                faults.append(PAGE_FAULTS[-1])
         full.close()
         light.close()
         del full, light
@@ -127,6 +159,7 @@ def main():
     print(f"step cost, CE + KL only:   median {light_median:.3f} {unit} over {steps} steps (batch {batch_size})")
     print(f"overhead: {overhead:+.1%}; median paired difference {paired_difference * 1000:.0f} ms "
           f"({paired_difference / light_median:+.1%}); wall-time overhead {wall_overhead:+.1%}")
+    print(f"minor page faults per step, median: all terms {statistics.median(full_faults):.0f}, CE + KL {statistics.median(light_faults):.0f}")
     print(f"paired differences (all terms - CE + KL), in ms: {[round(value * 1000) for value in differences]}")
     print(f"teacher cache: first epoch median {first_epoch:.3f} {unit}, second epoch median {second_epoch:.3f} {unit}")
     print(f"wall seconds of every step in order, warm-up steps and first steps of an epoch included: {[round(value, 2) for value in WALL_TIMES]}")
@@ -149,6 +182,7 @@ def main():
         "steps": steps,
         "device": str(torch.device("cuda" if torch.cuda.is_available() else "cpu")),
         "threads": torch.get_num_threads(),
+        "allocator": allocator,
     }
     print(json.dumps(result))
 

@@ -525,7 +525,7 @@ class DistillationLoss(nn.Module):
     @torch.no_grad()
     def teacher_targets(
         self,
-        teacher_hidden_states: Sequence[torch.Tensor],  # transformers' encoder hidden states, each (batch, frames, d_teacher)
+        teacher_hidden_states: Sequence[torch.Tensor | None],  # indexed as transformers' encoder hidden states, each (batch, frames, d_teacher); unused ones may be None
         teacher_mask: torch.Tensor,  # (batch, frames) bool
         include_frames: bool = False,  # also keep evenly spaced final-state frames for frame-level InfoNCE
     ) -> TeacherTargets:
@@ -537,6 +537,9 @@ class DistillationLoss(nn.Module):
                 f"layer pairs use teacher index {needed[-1]} but only {len(teacher_hidden_states)} teacher hidden states "
                 "were given; pass output_hidden_states=True and check the layer map"
             )
+        missing = [index for index in needed if teacher_hidden_states[index] is None]
+        if missing:
+            raise InputError(f"teacher hidden states {missing} are None, but the layer pairs use them; capture those layers too")
         bases = dict(zip(needed, self._bases([teacher_hidden_states[index] for index in needed], teacher_mask)))
         final = teacher_hidden_states[final_teacher]
         pooled = masked_mean(final.float(), teacher_mask)
@@ -582,7 +585,7 @@ class DistillationLoss(nn.Module):
     def forward(
         self,
         *,
-        student_hidden_states: Sequence[torch.Tensor] | None = None,  # each (batch, frames, d_student), index as transformers
+        student_hidden_states: Sequence[torch.Tensor | None] | None = None,  # each (batch, frames, d_student), index as transformers; unused ones may be None
         student_mask: torch.Tensor | None = None,  # (batch, frames) bool
         student_logits: torch.Tensor | None = None,  # (batch, tokens, vocab_student)
         labels: torch.Tensor | None = None,  # (batch, tokens) student labels, -100 where no loss is taken
@@ -610,13 +613,14 @@ class DistillationLoss(nn.Module):
 
         # Subspace and contrastive terms need the encoder states.
         if student_hidden_states is not None and (teacher_hidden_states is not None or teacher_targets is not None):
-            student_mask = _check_hidden_and_mask(student_hidden_states[-1], student_mask, "final student hidden states")
+            self._check_student_states(student_hidden_states)
+            last_used = student_hidden_states[max(student for student, _ in self.layer_pairs)]
+            student_mask = _check_hidden_and_mask(last_used, student_mask, "student hidden states")
             if teacher_targets is None:
                 mask = student_mask if teacher_mask is None else teacher_mask
                 teacher_targets = self.teacher_targets(
                     teacher_hidden_states, mask, include_frames=student_mask.shape[0] == 1
                 )
-            self._check_student_states(student_hidden_states)
             diagnostics["short_utterances"] = float((student_mask.sum(dim=1) <= self.k).sum())
 
             with torch.set_grad_enabled(torch.is_grad_enabled() and (weights["geo"] > 0 or weights["traj"] > 0)):
@@ -678,6 +682,9 @@ class DistillationLoss(nn.Module):
                 f"layer pairs use student index {largest} but only {len(student_hidden_states)} student hidden states "
                 "were given; pass output_hidden_states=True and check the layer map"
             )
+        missing = sorted({student for student, _ in self.layer_pairs if student_hidden_states[student] is None})
+        if missing:
+            raise InputError(f"student hidden states {missing} are None, but the layer pairs use them; capture those layers too")
 
     def _subspace_terms(self, student_hidden_states, student_mask, teacher_targets, return_angles):
         positions = list(range(len(self.layer_pairs)))

@@ -44,9 +44,9 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'CHECKPOINT_PATTERN', 'learning_rate_factor', 'epoch_batches', 'JsonlLogger', 'load_metrics',
            'TrainerCallback', 'rng_state', 'set_rng_state', 'checkpoint_name', 'list_checkpoints', 'latest_checkpoint',
-           'write_checkpoint_atomically', 'concatenate_targets', 'TeacherCache', 'DistillationModule', 'Trainer',
-           'build_pair', 'load_speech_data', 'build_training_data', 'distill_command', 'tiny_distillation_setup',
-           'collate_tiny_items', 'tiny_run_config']
+           'write_checkpoint_atomically', 'concatenate_targets', 'TeacherCache', 'frame_extent',
+           'capture_encoder_states', 'DistillationModule', 'Trainer', 'build_pair', 'load_speech_data',
+           'build_training_data', 'distill_command', 'tiny_distillation_setup', 'collate_tiny_items', 'tiny_run_config']
 
 # %% ../nbs/10_trainer.ipynb #269a31dd
 def learning_rate_factor(step: int, total_steps: int, warmup_steps: int = 0, schedule: str = "cosine") -> float:
@@ -298,6 +298,48 @@ class TeacherCache:
             logits = logits.to(device)
         return targets, logits
 
+# %% ../nbs/10_trainer.ipynb #aea8f9ba
+def frame_extent(mask: torch.Tensor) -> int:
+    "Return one past the last valid frame of any row of a `(batch, frames)` mask, at least 1."
+    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
+    return max(int((mask * positions).amax()), 1)
+
+
+@contextlib.contextmanager
+def capture_encoder_states(
+    model: nn.Module,  # a transformers Whisper model, with or without peft adapters
+    indices: Sequence[int],  # positions in transformers' encoder_hidden_states: i < L is the input of layer i, L the final layer-norm output
+    frames: int,  # keep the first `frames` frames of each state
+):
+    "Collect the encoder states at `indices`, cut to `frames` frames, while the model runs inside the block."
+    encoder = model.get_encoder()
+    layers = encoder.layers
+    wrong = sorted(index for index in set(indices) if not 0 <= index <= len(layers))
+    if wrong:
+        raise InputError(
+            f"encoder state indices {wrong} are out of range: a {len(layers)}-layer encoder has states 0 to {len(layers)}; "
+            "check the layer map"
+        )
+    states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
+
+    def keep(index: int, hidden: torch.Tensor) -> None:
+        # A copy of the valid frames lets the full 30 s state be freed as soon as the encoder moves on.
+        states[index] = hidden[:, :frames].clone()
+
+    handles = []
+    for index in sorted(set(indices)):
+        if index < len(layers):
+            hook = lambda module, args, kwargs, index=index: keep(index, args[0] if args else kwargs["hidden_states"])
+            handles.append(layers[index].register_forward_pre_hook(hook, with_kwargs=True))
+        else:
+            hook = lambda module, args, output, index=index: keep(index, output)
+            handles.append(encoder.layer_norm.register_forward_hook(hook))
+    try:
+        yield states
+    finally:
+        for handle in handles:
+            handle.remove()
+
 # %% ../nbs/10_trainer.ipynb #2eb99d84
 class DistillationModule(nn.Module):
     "The student with its adapters and the distillation loss with its projections, wrapped together for DDP."
@@ -322,14 +364,22 @@ class DistillationModule(nn.Module):
         arguments = {
             "input_features": student_inputs["input_features"],
             "decoder_input_ids": student_inputs["decoder_input_ids"],
-            "output_hidden_states": need_hidden_states,
         }
         if "decoder_attention_mask" in student_inputs:
             arguments["decoder_attention_mask"] = student_inputs["decoder_attention_mask"]
-        outputs = self.student(**arguments)
+        mask = student_inputs["frame_mask"]
+        hidden_states = None
+        if need_hidden_states:
+            frames = frame_extent(mask)
+            indices = [student for student, _ in self.loss.layer_pairs]
+            with capture_encoder_states(self.student, indices, frames) as hidden_states:
+                outputs = self.student(**arguments)
+            mask = mask[:, :frames]
+        else:
+            outputs = self.student(**arguments)
         result = self.loss(
-            student_hidden_states=outputs.encoder_hidden_states if need_hidden_states else None,
-            student_mask=student_inputs["frame_mask"],
+            student_hidden_states=hidden_states,
+            student_mask=mask,
             labels=student_inputs["labels"],
             student_logits=outputs.logits,
             teacher_logits=teacher_logits,
@@ -635,19 +685,23 @@ class Trainer:
         arguments = {
             "input_features": inputs["input_features"],
             "decoder_input_ids": inputs["decoder_input_ids"],
-            "output_hidden_states": self.uses_encoder_terms,
         }
         if "decoder_attention_mask" in inputs:
             arguments["decoder_attention_mask"] = inputs["decoder_attention_mask"]
         with torch.no_grad(), self._autocast():
-            outputs = self.teacher(**arguments)
             targets = None
             if self.uses_encoder_terms:
+                frames = frame_extent(inputs["frame_mask"])
+                indices = [teacher for _, teacher in self.loss.layer_pairs]
+                with capture_encoder_states(self.teacher, indices, frames) as hidden_states:
+                    outputs = self.teacher(**arguments)
                 targets = self.loss.teacher_targets(
-                    outputs.encoder_hidden_states,
-                    inputs["frame_mask"],
+                    hidden_states,
+                    inputs["frame_mask"][:, :frames],
                     include_frames=self.config.data.batch_size == 1,
                 )
+            else:
+                outputs = self.teacher(**arguments)
         logits = outputs.logits.float()
         if self.teacher_cache is not None:
             self.teacher_cache.add(ids, targets, logits, _label_lengths(inputs["labels"]))
