@@ -77,6 +77,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                   'rc_nbkit.convert._feed_forward': ('convert.html#_feed_forward', 'rc_nbkit/convert.py'),
                                   'rc_nbkit.convert._hub_snapshot': ('convert.html#_hub_snapshot', 'rc_nbkit/convert.py'),
                                   'rc_nbkit.convert._package_directory': ('convert.html#_package_directory', 'rc_nbkit/convert.py'),
+                                  'rc_nbkit.convert._publish_directory': ('convert.html#_publish_directory', 'rc_nbkit/convert.py'),
                                   'rc_nbkit.convert._read_vocabulary': ('convert.html#_read_vocabulary', 'rc_nbkit/convert.py'),
                                   'rc_nbkit.convert._save_processor': ('convert.html#_save_processor', 'rc_nbkit/convert.py'),
                                   'rc_nbkit.convert._self_attention': ('convert.html#_self_attention', 'rc_nbkit/convert.py'),

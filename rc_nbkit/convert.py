@@ -558,13 +558,34 @@ def convert_ctranslate2(
         model.save_pretrained(staging, safe_serialization=True)
         _save_processor(processor, staging)
         (staging / "rc_nbkit_source.json").write_text(json.dumps({"source": str(directory), "parts": [str(part) for part in parts], "converter_version": CONVERTER_VERSION}, indent=2))
-        if destination.exists():
-            shutil.rmtree(destination)
-        staging.rename(destination)
+        _publish_directory(staging, destination, overwrite)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return destination
+
+
+def _publish_directory(staging: Path, destination: Path, overwrite: bool) -> None:
+    "Move a finished `staging` directory to `destination` so that readers never see a partial one."
+    # Several processes (parallel notebook tests, DDP ranks) may convert the same model at once. The first
+    # rename wins, and the others keep the winner's copy unless asked to overwrite it.
+    if (destination / "model.safetensors").is_file() and not overwrite:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    if destination.exists():
+        # Two renames leave no partial directory behind, unlike deleting the old one in place.
+        retired = Path(tempfile.mkdtemp(prefix=destination.name + ".old.", dir=destination.parent))
+        destination.rename(retired / "model")
+        staging.rename(destination)
+        shutil.rmtree(retired, ignore_errors=True)
+        return
+    try:
+        staging.rename(destination)
+    except OSError:
+        if not (destination / "model.safetensors").is_file():
+            raise
+        # Another process published the same conversion between the check above and the rename.
+        shutil.rmtree(staging, ignore_errors=True)
 
 # %% ../nbs/04_convert.ipynb #53b1fafc
 def load_whisper(
