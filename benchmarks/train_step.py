@@ -84,10 +84,10 @@ def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory instead of handing it back to the kernel.
 
     By default glibc serves large blocks with mmap and trims the heap, so every training step faults its
-    activation memory in again (80,000 minor page faults per teacher forward at batch 4 on the demo pair).
-    How many faults a step takes depends on the allocator's history in that process, which made whole
-    runs differ by several points of overhead. jemalloc or tcmalloc avoid this too. Returns False where
-    glibc is not the allocator."""
+    activation memory in again (about 80,000 minor page faults per teacher forward at batch 4 on the demo
+    pair, on a 2-core x86_64 virtual machine). How many faults a step takes depends on the allocator's
+    history in that process, which made whole runs differ by several points of overhead. Returns False
+    where glibc is not the allocator."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallopt = libc.mallopt
@@ -163,7 +163,7 @@ def main():
     print(f"paired differences (all terms - CE + KL), in ms: {[round(value * 1000) for value in differences]}")
     print(f"teacher cache: first epoch median {first_epoch:.3f} {unit}, second epoch median {second_epoch:.3f} {unit}")
     print(f"wall seconds of every step in order, warm-up steps and first steps of an epoch included: {[round(value, 2) for value in WALL_TIMES]}")
-    batch_note = "" if batch_size == preset("demo").data.batch_size else f" (the target is set for the demo batch of {preset('demo').data.batch_size}, this run used {batch_size})"
+    batch_note = "" if batch_size == demo_batch_size else f" (the target is set for the demo batch of {demo_batch_size}, this run used {batch_size})"
     print(f"target overhead <= 3 %: {'met' if overhead <= 0.03 else 'not met'}{batch_note}")
     print(f"target cache ratio <= 0.6: {'met' if cache_ratio <= 0.6 else 'not met'} ({cache_ratio:.2f})")
     result = {

@@ -55,8 +55,8 @@ def masked_mean(
 ) -> torch.Tensor:  # (batch, d_model)
     "Average the valid frames of each utterance; padded values never matter."
     mask = _check_hidden_and_mask(hidden, mask, "hidden")
-    # Each utterance is summed up to its own last valid frame: Whisper's padding to 30 s is skipped, and
-    # the result does not depend on the other utterances in the batch.
+    # Each utterance is summed only up to its own last valid frame. That skips Whisper's padding to 30 s
+    # and keeps the result independent of the other utterances in the batch.
     means = []
     for row, (length, count) in enumerate(_row_extents(mask)):
         states = hidden[row, :length]

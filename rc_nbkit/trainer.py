@@ -38,6 +38,7 @@ from rc_nbkit.config import (
     stage_boundaries,
 )
 from .core import InputError
+from .subspace import _row_extents
 
 logger = logging.getLogger(__name__)
 
@@ -301,8 +302,7 @@ class TeacherCache:
 # %% ../nbs/10_trainer.ipynb #aea8f9ba
 def frame_extent(mask: torch.Tensor) -> int:
     "Return one past the last valid frame of any row of a `(batch, frames)` mask, at least 1."
-    positions = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    return max(int((mask * positions).amax()), 1)
+    return max([length for length, _ in _row_extents(mask)] + [1])
 
 
 @contextlib.contextmanager
@@ -317,8 +317,8 @@ def capture_encoder_states(
     wrong = sorted(index for index in set(indices) if not 0 <= index <= len(layers))
     if wrong:
         raise InputError(
-            f"encoder state indices {wrong} are out of range: a {len(layers)}-layer encoder has states 0 to {len(layers)}; "
-            "check the layer map"
+            f"encoder state indices {wrong} are out of range, because a {len(layers)}-layer encoder has states 0 to "
+            f"{len(layers)}; check the layer map"
         )
     states: list[torch.Tensor | None] = [None] * (len(layers) + 1)
 
