@@ -578,6 +578,8 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    'rc_nbkit.subspace._check_finite_rows': ('subspace.html#_check_finite_rows', 'rc_nbkit/subspace.py'),
                                    'rc_nbkit.subspace._check_hidden_and_mask': ( 'subspace.html#_check_hidden_and_mask',
                                                                                  'rc_nbkit/subspace.py'),
+                                   'rc_nbkit.subspace._cholesky_orthonormalize': ( 'subspace.html#_cholesky_orthonormalize',
+                                                                                   'rc_nbkit/subspace.py'),
                                    'rc_nbkit.subspace._gram': ('subspace.html#_gram', 'rc_nbkit/subspace.py'),
                                    'rc_nbkit.subspace._masked_features': ('subspace.html#_masked_features', 'rc_nbkit/subspace.py'),
                                    'rc_nbkit.subspace._randomized_sketches': ('subspace.html#_randomized_sketches', 'rc_nbkit/subspace.py'),

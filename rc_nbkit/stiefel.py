@@ -227,21 +227,26 @@ def _cayley_dense(point, tangent, carried, newton_schulz):
 
     # Q W = W + (I - ½A)⁻¹ A W. Solving for the small update keeps the rounding error relative to the
     # step instead of to W. A W = -(Wᵀ A)ᵀ comes out in the column-major order that LAPACK uses.
+    # A W is computed rather than taken to be Z: it drops the part of Z that is not tangent (rounding
+    # error), which would otherwise move W off the manifold and grow from step to step.
     separate = carried is not None and carried is not tangent
     update_columns = torch.empty(batch, 2 * width if separate else width, rows, dtype=point.dtype, device=point.device).mT
-    torch.bmm(point_t, skew, out=update_columns[..., :width].mT).neg_()
+    image = update_columns[..., :width]
+    torch.bmm(point_t, skew, out=image.mT).neg_()
     if separate:
         torch.bmm(carried.mT, skew, out=update_columns[..., width:].mT).neg_()
     updates = torch.linalg.solve(system, update_columns)
-    new_point = updates[..., :width].add_(point)
+    step = updates[..., :width]
 
     if carried is None:
         transported = None
     elif separate:
         transported = updates[..., width:].add_(carried)
     else:
-        # Q Z = Q A W = A Q W because A W = Z for a tangent Z and Q commutes with A, so a product replaces a solve.
-        transported = torch.bmm(skew, new_point)
+        # The tangent itself is carried as Q A W = A Q W = A W + A X, for the update X = (I - ½A)⁻¹ A W.
+        # Its definition gives A X = 2 (X - A W), so Q A W = 2 X - A W needs no product.
+        transported = step.mul(2.0).sub_(image)
+    new_point = step.add_(point)
     if newton_schulz:
         # Q W (I - ½E) uses E = WᵀW - I of the old point because Q keeps it. The correction is added rather
         # than multiplied, because I - ½E would round to I in float32.
