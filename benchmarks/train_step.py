@@ -17,7 +17,7 @@ The headline overhead is therefore the median of the paired differences (full mi
 the median CE + KL step, printed with a distribution-free 95 % interval for that median (order
 statistics of the differences, from the binomial distribution). Single steps vary by about ±150 CPU ms
 on a shared 2-core machine, so the ratio of the two medians, which ignores the pairing, is printed as
-well but wanders by a point or more from run to run. On
+well but varies by a point or more from run to run. On
 the CPU the headline figures are process CPU seconds per step, summed over threads, because wall time
 on a shared machine mostly measures the other processes. The wall-time overhead and the median of the
 per-pair differences are printed too. On CUDA every figure is wall seconds after synchronisation.
@@ -104,7 +104,7 @@ def keep_freed_memory() -> bool:
 
 
 def median_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float]:
-    """Distribution-free interval for the median of `values`, from their order statistics.
+    """Return a distribution-free interval for the median of `values`, from their order statistics.
 
     The number of values below the true median is Binomial(n, 1/2), so the interval from the (j+1)-th
     smallest to the (j+1)-th largest value covers it with probability 1 - 2 P(B <= j). The largest j

@@ -227,8 +227,8 @@ def _cayley_dense(point, tangent, carried, newton_schulz):
 
     # Q W = W + (I - ½A)⁻¹ A W. Solving for the small update keeps the rounding error relative to the
     # step instead of to W. A W = -(Wᵀ A)ᵀ comes out in the column-major order that LAPACK uses.
-    # A W is computed rather than taken to be Z: it drops the part of Z that is not tangent (rounding
-    # error), which would otherwise move W off the manifold and grow from step to step.
+    # A W is computed, not taken to be Z, because the product drops the rounding error in Z that is not
+    # tangent. Left in, that error moves W off the manifold and grows from step to step.
     separate = carried is not None and carried is not tangent
     update_columns = torch.empty(batch, 2 * width if separate else width, rows, dtype=point.dtype, device=point.device).mT
     image = update_columns[..., :width]

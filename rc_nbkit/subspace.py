@@ -177,19 +177,20 @@ def _randomized_sketches(
 
 
 def _cholesky_orthonormalize(sketch: torch.Tensor) -> torch.Tensor:
-    "Columns with the span of each `(d_model, width)` sketch, nearly orthonormal: Cholesky QR in float64, Householder QR where it fails."
-    # On the CPU a batched Householder QR factors each tall matrix with separate LAPACK calls. The Gram
-    # matrices are only width x width, so Cholesky QR costs about a third. In float64 it stays accurate
-    # while the sketch's condition number is below about 1e6. A sketch beyond that, or one whose Gram
-    # matrix is singular (fewer frames than columns, all-zero states), falls back to Householder QR.
-    # The test is made matrix by matrix, so one utterance's result never depends on another's.
-    wide = sketch.double()
-    factor, info = torch.linalg.cholesky_ex(wide.mT @ wide)
-    columns = torch.linalg.solve_triangular(factor, wide.mT, upper=False).mT.to(sketch.dtype)
-    # The diagonal of the Cholesky factor holds the sketch's column norms after orthogonalisation, so its
-    # spread bounds the condition number from below.
+    "Return nearly orthonormal columns with the span of each `(d_model, width)` sketch, by Cholesky QR in float64."
+    # Cholesky QR needs only the small Gram matrices, so on the CPU it costs about a third of the batched
+    # Householder QR. It is accurate while the sketch's condition number stays below about 1e6.
+    sketch_float64 = sketch.double()
+    factor, info = torch.linalg.cholesky_ex(sketch_float64.mT @ sketch_float64)
+    columns = torch.linalg.solve_triangular(factor, sketch_float64.mT, upper=False).mT.to(sketch.dtype)
+
+    # The factor's diagonal contains the column norms after orthogonalisation, so its spread bounds the
+    # condition number from below. Ill-conditioned or singular sketches (fewer frames than columns,
+    # all-zero states) get Householder QR, matrix by matrix, so no utterance depends on another.
     diagonal = factor.diagonal(dim1=-2, dim2=-1)
-    failed = ((info != 0) | ~(diagonal.amin(dim=-1) > 1e-6 * diagonal.amax(dim=-1))).nonzero().flatten()
+    # The comparison is False for NaN, so a factor that broke down counts as ill-conditioned.
+    well_conditioned = diagonal.amin(dim=-1) > 1e-6 * diagonal.amax(dim=-1)
+    failed = ((info != 0) | ~well_conditioned).nonzero().flatten()
     if failed.numel():
         columns[failed] = torch.linalg.qr(sketch[failed]).Q
     return columns
